@@ -1,0 +1,71 @@
+"""The core's own plugin, registered through the same hooks as any other (as pytest and llm do):
+the optimizer ``adamw`` and the default ``compute_loss`` (next-token cross-entropy, ``trylast``).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from .hookspecs import hookimpl
+from .specs import LossOutput, OptimizerConfig, OptimizerSpec
+
+
+class AdamWConfig(OptimizerConfig):
+    """torch.optim.AdamW (Loshchilov and Hutter 2019, arXiv 1711.05101)."""
+
+    name: str = "adamw"
+    lr: float = Field(default=1e-3, gt=0, description="Peak learning rate.")
+    beta1: float = Field(default=0.9, ge=0, lt=1, description="First-moment decay.")
+    beta2: float = Field(default=0.95, ge=0, lt=1, description="Second-moment decay.")
+    eps: float = Field(default=1e-8, gt=0, description="Denominator epsilon.")
+    fused: bool | None = Field(default=None, description="Use the fused CUDA kernel (None: when on CUDA).")
+
+
+def param_groups(model, weight_decay: float) -> list[dict]:
+    """Two groups: decay for parameters of 2 or more dims, none for 1-D ones and embeddings.
+
+    A parameter counts as an embedding when it belongs to an ``nn.Embedding`` module. Tied
+    weights are seen once (``named_parameters`` removes duplicates).
+    """
+    import torch.nn as nn
+
+    embedding_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.dim() >= 2 and id(p) not in embedding_ids else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+@hookimpl
+def register_optimizers(register):
+    register(OptimizerSpec("adamw", AdamWConfig, "AdamW; no weight decay on 1-D parameters and embeddings"))
+
+
+@hookimpl
+def build_optimizer(name, model, config, ctx):
+    if name != "adamw":
+        return None
+    import torch
+
+    fused = config.fused if config.fused is not None else ctx.device.startswith("cuda")
+    return torch.optim.AdamW(
+        param_groups(model, config.weight_decay),
+        lr=config.lr,
+        betas=(config.beta1, config.beta2),
+        eps=config.eps,
+        fused=fused,
+    )
+
+
+@hookimpl(trylast=True)
+def compute_loss(model, batch):
+    """Next-token cross-entropy of ``model(batch.inputs)`` against ``batch.targets``."""
+    import torch.nn.functional as F
+
+    logits = model(batch.inputs)
+    nll = F.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(), reduction="none")
+    nll = nll.view_as(batch.targets)
+    return LossOutput(loss=nll.mean(), nll=nll)

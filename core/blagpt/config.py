@@ -1,0 +1,309 @@
+"""The run config: a pydantic v2 schema, its merge order and its one-line errors.
+
+Merge order, later wins: schema defaults < the model plugin's presets (``model.preset``) <
+the ``--config`` file (YAML or TOML) < ``--set a.b=value`` (values parsed as YAML scalars).
+
+The ``model`` and ``optimizer`` sections are typed by the config classes their plugins registered:
+:func:`resolve` builds the concrete ``RunConfig`` class for the chosen names, so every error,
+inside a plugin's section too, carries its full dotted path.
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+
+from .errors import ConfigError
+from .specs import ModelConfig, OptimizerConfig
+
+if TYPE_CHECKING:
+    from .plugins import Registry
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    train: str | None = Field(
+        default=None,
+        description="Glob of training shards (FineWeb10B format); unset: the embedded Shakespeare corpus.",
+    )
+    val: str | None = Field(default=None, description="Glob of validation shards; required when `train` is set.")
+    tokenizer: Literal["auto", "gpt2", "bytes"] = Field(
+        default="auto", description="Tokenizer; `auto` takes the model's default. Must be one the model supports."
+    )
+
+    @model_validator(mode="after")
+    def _val_with_train(self) -> "DataConfig":
+        if (self.train is None) != (self.val is None):
+            raise ValueError("set both `train` and `val` shard globs, or neither (embedded corpus)")
+        return self
+
+
+class TrainConfig(_Section):
+    steps: int | None = Field(default=200, gt=0, description="Optimizer steps; exclusive with `tokens`.")
+    tokens: int | None = Field(
+        default=None, gt=0, description="Token budget; steps = ceil(tokens / (global_batch_size * seq_len))."
+    )
+    seq_len: int = Field(default=256, gt=0, description="Tokens per training sequence.")
+    micro_batch_size: int = Field(default=8, gt=0, description="Sequences per rank per forward/backward.")
+    global_batch_size: int | None = Field(
+        default=None,
+        gt=0,
+        description="Sequences per optimizer step over all ranks; gradient accumulation = "
+        "global / (micro * world size). Unset: micro_batch_size x world size.",
+    )
+    warmup_steps: int = Field(default=20, ge=0, description="Linear learning-rate warmup steps.")
+    schedule: Literal["cosine", "wsd", "constant"] = Field(
+        default="cosine", description="Decay after warmup: cosine, warmup-stable-decay (linear tail), or constant."
+    )
+    decay_frac: float = Field(default=0.2, gt=0, le=1, description="WSD: fraction of steps in the final decay.")
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1, description="Final learning rate as a fraction of the peak.")
+    grad_clip: float | None = Field(default=1.0, gt=0, description="Max global gradient norm; null: no clipping.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto", description="`auto`: bf16 autocast on CUDA, fp32 on CPU."
+    )
+    compile: bool = Field(default=False, description="torch.compile the model (and let optimizers compile).")
+    seed: int = Field(default=0, description="Seed of initialisation, data order and dropout.")
+    eval_interval: int = Field(default=50, ge=0, description="Evaluate every N steps (and at the end); 0: only at the end.")
+    eval_tokens: int = Field(default=32768, gt=0, description="Validation tokens per evaluation (a fixed slice).")
+    checkpoint_interval: int = Field(default=0, ge=0, description="Checkpoint every N steps; 0: only at the end.")
+    log_interval: int = Field(default=10, gt=0, description="Log training metrics every N steps.")
+    device: str = Field(default="auto", description="`auto`, `cpu`, `cuda` or `cuda:N`.")
+    out_dir: str = Field(default="runs", description="Folder of run folders (checkpoints, local metrics).")
+
+    @model_validator(mode="after")
+    def _budget(self) -> "TrainConfig":
+        if self.tokens is not None and "steps" in self.model_fields_set:
+            raise ValueError("set either `steps` or `tokens`, not both")
+        return self
+
+
+class TrackingConfig(_Section):
+    enabled: bool = Field(default=True, description="Log the run to MLflow.")
+    uri: str | None = Field(
+        default=None, description="MLflow tracking URI; unset: $MLFLOW_TRACKING_URI, else MLflow's local default."
+    )
+    experiment: str = Field(default="blagpt", description="MLflow experiment name.")
+    run_name: str | None = Field(default=None, description="Run name; unset: <model>-<timestamp>.")
+    timeout_s: float = Field(default=10.0, gt=0, description="Seconds one MLflow request may take before it is given up.")
+
+
+class RunConfig(_Section):
+    """A whole run. ``model`` and ``optimizer`` are narrowed to the plugins' classes by :func:`resolve`."""
+
+    model: ModelConfig
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    def tokenizer_name(self, registry: "Registry") -> str:
+        if self.data.tokenizer != "auto":
+            return self.data.tokenizer
+        return registry.model_spec(self.model.name).tokenizers[0]
+
+    def flat(self) -> dict[str, Any]:
+        """The config as dotted keys, for MLflow params."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, obj: Any) -> None:
+            if isinstance(obj, dict):
+                for k, v in obj.items():
+                    walk(f"{prefix}.{k}" if prefix else k, v)
+            else:
+                out[prefix] = obj
+
+        walk("", self.model_dump(mode="json"))
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# -- reading and merging ------------------------------------------------------------------
+
+
+def read_file(path: str | Path) -> dict[str, Any]:
+    """A YAML (.yaml/.yml) or TOML (.toml) config file as a dict."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        if p.suffix == ".toml":
+            data = tomllib.loads(p.read_text())
+        elif p.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(p.read_text()) or {}
+        else:
+            raise ConfigError(f"{p}: expected a .yaml, .yml or .toml config file")
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{p}: not valid {p.suffix[1:].upper()}: {' '.join(str(e).split())}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    return data
+
+
+def parse_set(item: str) -> tuple[list[str], Any]:
+    """``a.b=value`` -> (["a", "b"], value parsed as a YAML scalar)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. train.steps=100")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip().split("."), parsed
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def merge_sources(
+    file: str | Path | None = None, sets: list[str] | tuple[str, ...] = (), base: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The raw (unvalidated) config: ``base`` < file < ``--set`` items."""
+    raw = copy.deepcopy(base or {})
+    if file is not None:
+        raw = deep_merge(raw, read_file(file))
+    for item in sets:
+        path, value = parse_set(item)
+        node = raw
+        for i, part in enumerate(path[:-1]):
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {item!r}: {'.'.join(path[: i + 1])} is not a section")
+            node = nxt
+        node[path[-1]] = value
+    return raw
+
+
+# -- validation ---------------------------------------------------------------------------
+
+
+def concrete_class(registry: "Registry", model: str, optimizer: str) -> type[RunConfig]:
+    """``RunConfig`` with ``model``/``optimizer`` typed by the registered plugin classes."""
+    mspec = registry.model_spec(model)
+    ospec = registry.optimizer_spec(optimizer)
+    return create_model(
+        f"RunConfig_{model}_{optimizer}",
+        __base__=RunConfig,
+        model=(mspec.config, ...),
+        optimizer=(ospec.config, Field(default_factory=lambda: ospec.config(name=optimizer))),
+    )
+
+
+def resolve(raw: dict[str, Any], registry: "Registry") -> RunConfig:
+    """Validate a raw merged config against the plugins' schemas; presets applied first."""
+    from .plugins import PluginError
+
+    raw = copy.deepcopy(raw)
+    for section in ("model", "optimizer"):
+        if not isinstance(raw.setdefault(section, {}), dict):
+            raise ConfigError(f"{section}: expected a section (mapping), got {raw[section]!r}")
+    model_name = raw["model"].get("name")
+    if not model_name:
+        known = ", ".join(sorted(registry.models)) or "none installed"
+        raise ConfigError(f"model.name: required (use --model NAME); known models: {known}")
+    opt_name = raw["optimizer"].setdefault("name", "adamw")
+    for field, lookup, name in (
+        ("model.name", registry.model_spec, model_name),
+        ("optimizer.name", registry.optimizer_spec, opt_name),
+    ):
+        try:
+            lookup(str(name))
+        except PluginError as e:
+            raise ConfigError(f"{field}: {e}") from None
+    cls = concrete_class(registry, str(model_name), str(opt_name))
+    raw["model"] = apply_presets(raw["model"], registry)
+    try:
+        cfg = cls.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, cls)) from None
+    tok = cfg.data.tokenizer
+    supported = registry.model_spec(cfg.model.name).tokenizers
+    if tok != "auto" and tok not in supported:
+        raise ConfigError(
+            f"data.tokenizer: model {cfg.model.name!r} supports {', '.join(supported)}, got {tok!r}"
+        )
+    return cfg
+
+
+def apply_presets(model_raw: dict[str, Any], registry: "Registry") -> dict[str, Any]:
+    spec = registry.model_spec(model_raw["name"])
+    preset = model_raw.get("preset")
+    if preset in (None, ""):
+        return model_raw
+    if not isinstance(preset, str):
+        raise ConfigError(f"model.preset: expected a string like 'a+b', got {preset!r}")
+    merged: dict[str, Any] = {}
+    for name in [p.strip() for p in preset.split("+")]:
+        if name not in spec.presets:
+            known = ", ".join(spec.presets) or "none"
+            raise ConfigError(f"model.preset: unknown preset {name!r} of model {spec.name!r}; known: {known}")
+        merged.update(spec.presets[name])
+    return {**merged, **model_raw}
+
+
+def format_validation_error(e: ValidationError, cls: type[BaseModel]) -> str:
+    """One line: ``path: expected <type>, got <value> (<pydantic's reason>)`` per error."""
+    parts = []
+    for err in e.errors():
+        loc = [str(x) for x in err["loc"]]
+        path = ".".join(loc) or "(top level)"
+        given = err.get("input")
+        if err["type"] == "extra_forbidden":
+            fields = _fields_at(cls, loc[:-1])
+            known = f"; known fields: {', '.join(fields)}" if fields else ""
+            parts.append(f"{path}: unknown field (given {given!r}){known}")
+            continue
+        if err["type"] == "missing":
+            parts.append(f"{path}: required field missing (expected {_expected(cls, loc)})")
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] in ("value_error", "assertion_error"):
+            parts.append(f"{path}: {msg}")
+        else:
+            parts.append(f"{path}: expected {_expected(cls, loc)}, got {given!r} ({msg})")
+    return "; ".join(parts)
+
+
+def _fields_at(cls: type[BaseModel], loc: list[str]) -> list[str]:
+    node: Any = cls
+    for part in loc:
+        field = getattr(node, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        node = field.annotation
+    return sorted(getattr(node, "model_fields", {}))
+
+
+def _expected(cls: type[BaseModel], loc: list[str]) -> str:
+    node: Any = cls
+    field = None
+    for part in loc:
+        fields = getattr(node, "model_fields", None)
+        if not fields or part not in fields:
+            break
+        field = fields[part]
+        node = field.annotation
+    if field is None:
+        return "a valid value"
+    ann = field.annotation
+    text = getattr(ann, "__name__", None) if isinstance(ann, type) else None
+    text = text or str(ann).replace("typing.", "")
+    bounds = [f"{k} {getattr(m, k)}" for m in field.metadata for k in ("gt", "ge", "lt", "le") if getattr(m, k, None) is not None]
+    return text + (f" ({', '.join(bounds)})" if bounds else "")
+

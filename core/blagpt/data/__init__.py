@@ -1,0 +1,1 @@
+"""Data: tokenizers, the shard format, the embedded corpus and the distributed loader."""

@@ -1,0 +1,154 @@
+"""The value types that cross the plugin boundary.
+
+Plugins import these from ``blagpt`` (never from this module path): ``ModelSpec`` and
+``OptimizerSpec`` describe what a plugin offers without building anything; ``ModelConfig`` and
+``OptimizerConfig`` are the pydantic bases of every plugin's config; ``BuildContext``, ``Batch``
+and ``LossOutput`` are what the trainer passes to and receives from the hooks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:  # torch stays out of `blagpt --help`
+    import torch
+
+TOKENIZERS = ("gpt2", "bytes")
+
+
+class ModelConfig(BaseModel):
+    """Base of every model plugin's config (the ``model`` section of a run).
+
+    Subclasses add their own fields, each with a ``Field(description=...)``. Unknown fields are
+    rejected, so a misspelled option is an error instead of a silent default.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+    name: str = Field(description="Registered model name, e.g. `blagpt`.")
+    preset: str | None = Field(
+        default=None,
+        description="Preset(s) of the model's plugin applied before explicit fields; "
+        "join several with '+', e.g. `gpt2+tiny`.",
+    )
+
+
+class OptimizerConfig(BaseModel):
+    """Base of every optimizer plugin's config (the ``optimizer`` section of a run).
+
+    ``lr`` is the peak learning rate; the trainer's schedule scales every param group's ``lr``
+    by the same factor each step (warmup, then decay).
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    name: str = Field(default="adamw", description="Registered optimizer name, e.g. `adamw`.")
+    lr: float = Field(default=1e-3, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(
+        default=0.1, ge=0, description="Decoupled weight decay for 2-D weight matrices."
+    )
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model plugin registers: enough to list, configure and validate, nothing built.
+
+    Attributes:
+        name: lower-case model name used in ``--model`` and ``model.name``.
+        config: the pydantic config class (a ``ModelConfig`` subclass).
+        description: one line shown by ``blagpt list``.
+        tokenizers: tokenizers the model can train with, the first is the default
+            (``"gpt2"`` or ``"bytes"``); ``data.tokenizer`` picks another.
+        presets: named partial configs (field -> value); ``model.preset`` applies them in order.
+    """
+
+    name: str
+    config: type[ModelConfig]
+    description: str
+    tokenizers: tuple[str, ...] = ("gpt2",)
+    presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tokenizers, str):
+            object.__setattr__(self, "tokenizers", (self.tokenizers,))
+        bad = [t for t in self.tokenizers if t not in TOKENIZERS]
+        if bad or not self.tokenizers:
+            raise ValueError(f"ModelSpec {self.name!r}: tokenizers must be from {TOKENIZERS}, got {self.tokenizers}")
+        if not (isinstance(self.config, type) and issubclass(self.config, ModelConfig)):
+            raise TypeError(f"ModelSpec {self.name!r}: config must subclass blagpt.ModelConfig")
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """What an optimizer plugin registers.
+
+    Attributes:
+        name: lower-case optimizer name used in ``--optimizer`` and ``optimizer.name``.
+        config: the pydantic config class (an ``OptimizerConfig`` subclass).
+        description: one line shown by ``blagpt list``.
+    """
+
+    name: str
+    config: type[OptimizerConfig]
+    description: str
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.config, type) and issubclass(self.config, OptimizerConfig)):
+            raise TypeError(f"OptimizerSpec {self.name!r}: config must subclass blagpt.OptimizerConfig")
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """Facts of the run a model needs to be built, which are not the model's own config.
+
+    Attributes:
+        vocab_size: number of token ids the tokenizer produces (50257 for gpt2, 257 for bytes);
+            a model may pad its embedding beyond this, never below.
+        max_seq_len: the longest input the trainer will feed (``train.seq_len``).
+        tokenizer: ``"gpt2"`` or ``"bytes"``.
+        compile: whether the run asked for torch.compile (``train.compile``); optimizers use it
+            to decide whether to compile their own kernels.
+        device: the ``torch.device`` string the run trains on.
+    """
+
+    vocab_size: int
+    max_seq_len: int
+    tokenizer: str
+    compile: bool = False
+    device: str = "cpu"
+
+
+@dataclass
+class Batch:
+    """One micro-batch: ``tokens`` is (B, T+1) int64; inputs and targets are views of it."""
+
+    tokens: "torch.Tensor"
+
+    @property
+    def inputs(self) -> "torch.Tensor":
+        return self.tokens[:, :-1]
+
+    @property
+    def targets(self) -> "torch.Tensor":
+        return self.tokens[:, 1:]
+
+
+@dataclass
+class LossOutput:
+    """What ``compute_loss`` returns.
+
+    Attributes:
+        loss: scalar tensor, the training objective that is back-propagated.
+        nll: (B, T) tensor of next-token negative log-likelihoods in nats, one per target of
+            ``batch.targets``. Validation loss and bits per byte are computed from it alone, so
+            every model is compared on the same quantity whatever its training objective.
+        metrics: extra scalars to log, floats or 0-d tensors (e.g. each multi-token-prediction
+            head's loss); tensors are read only at logging steps, so returning them costs no sync.
+    """
+
+    loss: "torch.Tensor"
+    nll: "torch.Tensor"
+    metrics: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,94 @@
+"""A tiny pre-norm causal transformer, the core's test model (real entry point, real hooks).
+
+Registered as ``tinylm`` (gpt2 or bytes). Small on purpose: it exists so the core's tests and the
+README's first run have a model before any architecture plugin is installed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from pydantic import Field
+
+from blagpt import ModelConfig, ModelSpec, hookimpl
+
+
+class TinyLMConfig(ModelConfig):
+    name: str = "tinylm"
+    d_model: int = Field(default=64, gt=0, description="Residual width.")
+    n_layers: int = Field(default=2, gt=0, description="Transformer blocks.")
+    n_heads: int = Field(default=4, gt=0, description="Attention heads (must divide d_model).")
+    dropout: float = Field(default=0.0, ge=0, lt=1, description="Dropout after attention and MLP.")
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: TinyLMConfig) -> None:
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.mlp = nn.Sequential(nn.Linear(cfg.d_model, 4 * cfg.d_model), nn.GELU(), nn.Linear(4 * cfg.d_model, cfg.d_model))
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(B, T, 3, self.n_heads, C // self.n_heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
+        x = x + self.drop(self.proj(y))
+        return x + self.drop(self.mlp(self.ln2(x)))
+
+
+class TinyLM(nn.Module):
+    def __init__(self, cfg: TinyLMConfig, vocab_size: int, max_seq_len: int) -> None:
+        super().__init__()
+        if cfg.d_model % cfg.n_heads:
+            raise ValueError("model.n_heads must divide model.d_model")
+        self.cfg = cfg
+        self.max_seq_len = max_seq_len
+        self.wte = nn.Embedding(vocab_size, cfg.d_model)
+        self.wpe = nn.Embedding(max_seq_len, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=0.02)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+        nn.init.zeros_(self.head.weight)  # loss at init is exactly ln(vocab)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        T = idx.shape[1]
+        x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln_f(x))
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """6 N (matmul weights, forward + backward) + 12 L T d (attention scores and values)."""
+        n = sum(p.numel() for n_, p in self.named_parameters() if not n_.startswith(("wte", "wpe")))
+        return 6 * n + 12 * self.cfg.n_layers * seq_len * self.cfg.d_model
+
+
+@hookimpl
+def register_models(register):
+    register(
+        ModelSpec(
+            "tinylm",
+            TinyLMConfig,
+            "Tiny causal transformer for blagpt's own tests",
+            tokenizers=("gpt2", "bytes"),
+            presets={"wide": {"d_model": 128, "n_heads": 8}},
+        )
+    )
+
+
+@hookimpl
+def build_model(name, config, ctx):
+    if name != "tinylm":
+        return None
+    return TinyLM(config, ctx.vocab_size, ctx.max_seq_len)
+

@@ -1,0 +1,88 @@
+"""The plain mamba2 language model through the plugin contract, and the family's model checks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from blagpt import BuildContext, ConfigError
+from blagpt.config import apply_presets
+from blagpt.plugins import Registry
+from blagpt_plugin_ssm import testing
+from blagpt_plugin_ssm.config import Mamba2Config
+
+VOCAB = 257  # the bytes tokenizer keeps these tests fast
+MAX_T = 24
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return Registry.load(strict=False, only=["ssm"])
+
+
+def build(registry, seed=0, vocab=VOCAB, **fields):
+    raw = apply_presets({"name": "mamba2", "preset": "tiny", **fields}, registry)
+    cfg = Mamba2Config(**raw)
+    torch.manual_seed(seed)
+    return registry.build_model(cfg, BuildContext(vocab_size=vocab, max_seq_len=MAX_T, tokenizer="bytes"))
+
+
+def test_registered_through_the_entry_point(registry):
+    spec = registry.model_spec("mamba2")
+    assert registry.owner_of("model", "mamba2").dist == "blagpt-plugin-ssm"
+    assert {"tiny", "124m"} <= set(spec.presets)
+    for name, field in Mamba2Config.model_fields.items():
+        assert field.description, f"field {name} has no description"
+
+
+def test_causal(registry):
+    # chunk 16 < MAX_T: the causality crosses chunk boundaries; 5 and 9: shorter sequences.
+    testing.check_causal(build(registry), VOCAB, (MAX_T, 9, 5))
+
+
+def test_loss_at_init(registry):
+    testing.check_loss_at_init(build(registry), VOCAB, MAX_T)
+
+
+def test_loss_at_init_gpt2_vocab(registry):
+    loss = testing.check_loss_at_init(build(registry, vocab=50257), 50257, 16)
+    assert abs(loss - math.log(50304)) < 0.25
+
+
+def test_gradients_reach_every_parameter(registry):
+    testing.check_gradients_reach_every_parameter(build(registry), VOCAB, MAX_T)
+
+
+def test_state_dict_round_trip(registry):
+    testing.check_state_dict_round_trip(lambda seed: build(registry, seed), VOCAB, MAX_T)
+
+
+def test_generation_through_the_state_matches_forward(registry):
+    testing.check_generation_matches_forward(build(registry), VOCAB, MAX_T, prompt_len=7)
+
+
+def test_loss_falls(registry):
+    testing.check_loss_falls(build(registry))
+
+
+def test_124m_preset_matches_gpt2_small():
+    with torch.device("meta"):
+        reg = Registry.load(strict=False, only=["ssm"])
+        model = reg.build_model(Mamba2Config(**apply_presets({"name": "mamba2", "preset": "124m"}, reg)),
+                                BuildContext(vocab_size=50257, max_seq_len=1024, tokenizer="gpt2"))
+    n = sum(p.numel() for p in model.parameters())
+    ref = testing.gpt2_small_parameters()
+    assert abs(n - ref) / ref < 0.02, (n, ref)
+
+
+def test_fused_kernel_refused_off_cuda(registry):
+    from blagpt_plugin_ssm import fused_kernels_available
+
+    if fused_kernels_available() is None:
+        with pytest.raises(ConfigError, match="CUDA only"):
+            build(registry, kernel="fused")
+    else:
+        with pytest.raises(ValueError, match="mamba-ssm"):
+            Mamba2Config(kernel="fused")

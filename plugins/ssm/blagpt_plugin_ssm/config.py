@@ -60,7 +60,7 @@ class Mamba2Config(Mamba2LayerFields):
 
     name: str = Field(default="mamba2", description="Registered model name.")
     d_model: int = Field(default=768, gt=0, description="Residual width.")
-    n_layers: int = Field(default=24, gt=0, description="Mamba-2 layers.")
+    n_layers: int = Field(default=23, gt=0, description="Mamba-2 layers.")
     tie_embeddings: bool = Field(default=True, description="Share the input embedding with the output head.")
     pad_vocab_multiple: int = Field(default=64, gt=0, description="Pad the vocabulary up to a multiple of this.")
 

@@ -1,0 +1,113 @@
+"""The zamba2 model: the family's model checks, and what makes it Zamba2 (shared blocks that
+actually run, per-invocation adapters)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from blagpt import BuildContext, ConfigError
+from blagpt.config import apply_presets
+from blagpt.plugins import Registry
+from blagpt_plugin_ssm import testing
+from blagpt_plugin_zamba2 import Zamba2Config, Zamba2LM
+
+VOCAB = 257
+MAX_T = 24
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return Registry.load(strict=False, only=["ssm", "zamba2"])
+
+
+def config(registry, preset="tiny", **fields):
+    return Zamba2Config(**apply_presets({"name": "zamba2", "preset": preset, **fields}, registry))
+
+
+def build(registry, seed=0, vocab=VOCAB, **fields):
+    torch.manual_seed(seed)
+    ctx = BuildContext(vocab_size=vocab, max_seq_len=MAX_T, tokenizer="bytes")
+    return registry.build_model(config(registry, **fields), ctx)
+
+
+def test_registered_with_documented_fields(registry):
+    spec = registry.model_spec("zamba2")
+    assert registry.owner_of("model", "zamba2").dist == "blagpt-plugin-zamba2"
+    assert {"tiny", "124m"} <= set(spec.presets)
+    for name, field in Zamba2Config.model_fields.items():
+        assert field.description, f"field {name} has no description"
+
+
+@pytest.mark.parametrize("preset", [None, "tiny", "small", "124m"])
+def test_attention_bearing_by_default_and_in_every_preset(registry, preset):
+    cfg = config(registry, preset) if preset else Zamba2Config()
+    assert cfg.hybrid_layer_ids(), f"preset {preset}: no shared attention block would run"
+
+
+def test_a_config_without_attention_is_refused():
+    with pytest.raises(ValidationError, match="never run"):
+        Zamba2Config(n_layers=4, shared_every=5)
+
+
+def test_shared_weights_are_shared_and_adapters_are_per_invocation(registry):
+    model = build(registry)
+    assert model.hybrid_layers == [1, 3] and len(model.shared) == 2 and len(model.invocations) == 2
+    model_one = build(registry, n_shared_blocks=1)
+    block_params = sum(p.numel() for p in model_one.shared.parameters())
+    inv_params = sum(p.numel() for p in model_one.invocations.parameters())
+    # one shared block, two invocations: the block's weights are counted once, adapters twice
+    assert block_params == sum(p.numel() for p in model_one.shared[0].parameters())
+    assert inv_params == 2 * sum(p.numel() for p in model_one.invocations[0].parameters())
+    # the shared block's output reaches the model: zeroing an invocation's output map changes logits
+    idx = torch.randint(VOCAB, (1, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model_one(idx)
+        model_one.invocations[0].linear.weight.zero_()
+        assert not torch.allclose(model_one(idx), before)
+
+
+def test_causal(registry):
+    testing.check_causal(build(registry), VOCAB, (MAX_T, 9, 5))
+
+
+def test_loss_at_init(registry):
+    testing.check_loss_at_init(build(registry), VOCAB, MAX_T)
+    testing.check_loss_at_init(build(registry, vocab=50257), 50257, 16)
+
+
+def test_gradients_reach_every_parameter(registry):
+    testing.check_gradients_reach_every_parameter(build(registry), VOCAB, MAX_T)
+
+
+def test_state_dict_round_trip(registry):
+    testing.check_state_dict_round_trip(lambda seed: build(registry, seed), VOCAB, MAX_T)
+
+
+@pytest.mark.parametrize("rope", [True, False])
+def test_generation_through_the_state_matches_forward(registry, rope):
+    testing.check_generation_matches_forward(build(registry, rope=rope), VOCAB, MAX_T, prompt_len=7)
+
+
+def test_loss_falls(registry):
+    testing.check_loss_falls(build(registry))
+
+
+def test_124m_preset_matches_gpt2_small(registry):
+    with torch.device("meta"):
+        model = Zamba2LM(config(registry, "124m"), 50257, 1024)
+    n = sum(p.numel() for p in model.parameters())
+    ref = testing.gpt2_small_parameters()
+    assert abs(n - ref) / ref < 0.02, (n, ref)
+
+
+def test_fused_kernel_refused_off_cuda(registry):
+    from blagpt_plugin_ssm import fused_kernels_available
+
+    if fused_kernels_available() is None:
+        with pytest.raises(ConfigError, match="CUDA only"):
+            build(registry, kernel="fused")
+    else:
+        with pytest.raises(ValidationError, match="mamba-ssm"):
+            config(registry, kernel="fused")

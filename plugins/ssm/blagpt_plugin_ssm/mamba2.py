@@ -95,46 +95,48 @@ def ssd_chunked(
         y: (b, T, H, P) in x's dtype, and the final state (b, H, P, N) in fp32 (fp64 for fp64 x).
     """
     b, T, H, P = x.shape
+    G, N = B.size(-2), B.size(-1)
+    R = H // G  # heads per group: they share B and C, so C B^T is computed once per group
     Q = chunk_size
-    n_chunks = -(-T // Q)
-    pad = n_chunks * Q - T
+    c = -(-T // Q)  # chunks
+    pad = c * Q - T
     dtype, acc = x.dtype, _state_dtype(x)
     log_decay = dt.to(acc) * A.to(acc)  # (b, T, H), <= 0
     xdt = x * dt.to(dtype).unsqueeze(-1)  # the discretised input dt_t x_t
-    Bh, Ch = _heads_of_groups(B, H), _heads_of_groups(C, H)
     if pad:
-        xdt, Bh, Ch = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (xdt, Bh, Ch))
+        xdt, B, C = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (xdt, B, C))
         log_decay = F.pad(log_decay, (0, 0, 0, pad))  # log 1: padded steps do not decay
-    xdt = xdt.view(b, n_chunks, Q, H, P)
-    Bh = Bh.view(b, n_chunks, Q, H, -1)
-    Ch = Ch.view(b, n_chunks, Q, H, -1)
-    log_decay = log_decay.view(b, n_chunks, Q, H).permute(0, 3, 1, 2)  # (b, H, c, Q)
-    cum = log_decay.cumsum(dim=-1)  # decay from the chunk start, inclusive
+    xdt = xdt.view(b, c, Q, G, R, P)
+    B, C = B.reshape(b, c, Q, G, N), C.reshape(b, c, Q, G, N)
+    log_decay = log_decay.view(b, c, Q, G, R).permute(0, 1, 3, 4, 2)  # (b, c, G, R, Q)
+    cum = log_decay.cumsum(dim=-1)  # log decay from the chunk start to each token, inclusive
 
     # 1. Within each chunk: y_l = sum_{s<=l} (C_l . B_s) exp(sum_{s<k<=l} log_decay_k) xdt_s.
-    decay_matrix = torch.exp(segsum(log_decay)).to(dtype)  # (b, H, c, Q, Q)
-    scores = torch.einsum("bclhn,bcshn->bhcls", Ch, Bh) * decay_matrix
-    y_intra = torch.einsum("bhcls,bcshp->bclhp", scores, xdt)
+    decay_matrix = torch.exp(segsum(log_decay)).to(dtype)  # (b, c, G, R, Q, Q)
+    scores = torch.einsum("bclgn,bcsgn->bcgls", C, B).unsqueeze(3) * decay_matrix
+    y_intra = torch.einsum("bcgrls,bcsgrp->bclgrp", scores, xdt)
 
     # 2. The state each chunk alone leaves at its end.
-    decay_to_end = torch.exp(cum[..., -1:] - cum).to(dtype)  # (b, H, c, Q)
-    chunk_states = torch.einsum("bclhn,bhcl,bclhp->bchpn", Bh, decay_to_end, xdt).to(acc)
+    decay_to_end = torch.exp(cum[..., -1:] - cum).to(dtype)  # (b, c, G, R, Q)
+    weighted = xdt * decay_to_end.permute(0, 1, 4, 2, 3).unsqueeze(-1)  # (b, c, Q, G, R, P)
+    chunk_states = torch.einsum("bclgn,bclgrp->bcgrpn", B, weighted).to(acc)
 
-    # 3. Pass states over chunk boundaries: state entering chunk z, from all earlier chunks.
+    # 3. Pass states over chunk boundaries: the state entering chunk z, from all earlier ones.
     if initial_state is None:
-        initial_state = torch.zeros(b, H, P, Bh.size(-1), device=x.device, dtype=acc)
-    states = torch.cat([initial_state.to(acc).unsqueeze(1), chunk_states], dim=1)  # (b, c+1, H, P, N)
-    chunk_log_decay = F.pad(cum[..., -1], (1, 0))  # (b, H, c+1)
-    boundary_decay = torch.exp(segsum(chunk_log_decay))  # (b, H, c+1, c+1)
-    states = torch.einsum("bhzc,bchpn->bzhpn", boundary_decay, states)
+        initial_state = torch.zeros(b, H, P, N, device=x.device, dtype=acc)
+    states = torch.cat([initial_state.to(acc).view(b, 1, G, R, P, N), chunk_states], dim=1)  # (b, c+1, G, R, P, N)
+    chunk_log_decay = F.pad(cum[..., -1].permute(0, 2, 3, 1), (1, 0))  # (b, G, R, c+1)
+    boundary_decay = torch.exp(segsum(chunk_log_decay))  # (b, G, R, c+1, c+1)
+    with torch.autocast(x.device.type, enabled=False):  # the long-range recurrence stays in fp32
+        states = torch.einsum("bgrzc,bcgrpn->bzgrpn", boundary_decay, states)
     entering, final_state = states[:, :-1], states[:, -1]
 
     # 4. What the entering state contributes to each output, decayed to its position.
-    decay_from_start = torch.exp(cum).to(dtype)  # (b, H, c, Q)
-    y_inter = torch.einsum("bclhn,bchpn,bhcl->bclhp", Ch, entering.to(dtype), decay_from_start)
+    decay_from_start = torch.exp(cum).to(dtype).permute(0, 1, 4, 2, 3).unsqueeze(-1)  # (b, c, Q, G, R, 1)
+    y_inter = torch.einsum("bclgn,bcgrpn->bclgrp", C, entering.to(dtype)) * decay_from_start
 
-    y = (y_intra + y_inter).reshape(b, n_chunks * Q, H, P)[:, :T]
-    return y, final_state
+    y = (y_intra + y_inter).reshape(b, c * Q, H, P)[:, :T]
+    return y, final_state.reshape(b, H, P, N)
 
 
 def ssd_step(

@@ -114,3 +114,16 @@ def test_fused_kernel_is_a_clear_error_without_its_packages():
         pytest.skip("mamba-ssm and causal-conv1d are installed here: nothing to refuse")
     with pytest.raises(ValueError, match="mamba-ssm"):
         make_layer(kernel="fused")
+
+
+def test_layer_under_bf16_autocast_is_close_to_fp32():
+    layer = make_layer(seed=2)
+    u = torch.randn(2, 40, 32, generator=torch.Generator().manual_seed(7))
+    state = layer.init_state(2)
+    with torch.no_grad():
+        y32 = layer(u)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y16 = layer(u, state)
+    assert y16.dtype == torch.bfloat16 and torch.isfinite(y16).all()
+    assert state.ssm.dtype == torch.float32
+    assert rel_err(y16, y32) < 5e-2

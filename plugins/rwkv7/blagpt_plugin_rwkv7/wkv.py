@@ -95,7 +95,7 @@ def wkv7_chunked(r, log_w, k, v, a, b, state=None, chunk_size: int = 32):
         x = x.float()
         if pad:
             x = torch.nn.functional.pad(x, (0, 0, 0, 0, 0, pad))
-        return x.view(B, n, L, H, x.shape[-1]).permute(0, 3, 1, 2, 4)
+        return x.view(B, n, L, H, x.shape[-1]).permute(0, 3, 1, 2, 4).contiguous()
 
     r, log_w, k, v, a, b = (chunks(x) for x in (r, log_w, k, v, a, b))
 
@@ -142,9 +142,11 @@ def wkv7_chunked(r, log_w, k, v, a, b, state=None, chunk_size: int = 32):
 
     h = r.new_zeros(B, H, K, V) if state is None else state.float()
     starts = []
-    for i in range(n):
+    # unbind, not carry[:, :, i]: indexing would make backward zero-fill a full-size gradient
+    # for every chunk (quadratic in the number of chunks).
+    for carry_i, inject_i in zip(carry.unbind(2), inject.unbind(2)):
         starts.append(h)
-        h = carry[:, :, i] @ h + inject[:, :, i]
+        h = carry_i @ h + inject_i
     h0 = torch.stack(starts, dim=2)  # (B, H, n, K, V): state entering each chunk
     y = q_h0 @ h0 + y_own  # (B, H, n, L, V)
     y = y.permute(0, 2, 3, 1, 4).reshape(B, n * L, H, V)[:, :T]

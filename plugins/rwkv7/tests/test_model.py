@@ -103,6 +103,29 @@ def test_chunked_model_equals_recurrent_model(registry):
     assert ((out_chunked - out_rec).abs().max() / out_rec.abs().max()).item() < 1e-4
 
 
+def test_recomputed_kernel_gives_the_same_gradients(registry):
+    idx = torch.randint(0, 257, (2, 40), generator=torch.Generator().manual_seed(9))
+    grads = []
+    for recompute in (False, True):
+        model = randomise(build(registry, recompute_kernel=recompute))
+        F.cross_entropy(model(idx[:, :-1]).flatten(0, 1), idx[:, 1:].flatten()).backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_bf16_autocast_forward(registry):
+    model = randomise(build(registry))
+    idx = torch.randint(0, 257, (2, 40), generator=torch.Generator().manual_seed(10))
+    ref = model(idx)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(idx)
+        loss = F.cross_entropy(out.float().flatten(0, 1), idx.flatten())
+    loss.backward()
+    assert torch.isfinite(out).all() and torch.isfinite(loss)
+    assert ((out.float() - ref).abs().max() / ref.abs().max()).item() < 5e-2
+
+
 def test_loss_at_init_is_ln_vocab(registry):
     for tokenizer, vocab in (("bytes", 257), ("gpt2", 50257)):
         model = build(registry, tokenizer=tokenizer)

@@ -38,9 +38,14 @@ def test_chunked_equals_recurrent_fp32(T, chunk):
     assert rel(h, h_ref) < 1e-4
 
 
-@pytest.mark.parametrize("T,chunk", [(45, 16), (64, 32), (23, 8)])
-def test_chunked_gradients_equal_recurrent(T, chunk):
-    x = [t.requires_grad_() for t in rwkv7_inputs(1, T, 2, 16, seed=T)]
+@pytest.mark.parametrize(
+    "T,chunk,strongest_decay", [(45, 16, False), (64, 32, False), (23, 8, False), (150, 64, False), (150, 64, True)]
+)
+def test_chunked_gradients_equal_recurrent(T, chunk, strongest_decay):
+    x = rwkv7_inputs(1, T, 2, 16, seed=T)
+    if strongest_decay:  # largest exponentiated factors the kernel meets (e^{0.61 * 64})
+        x[1] = torch.full_like(x[1], -MAX_ABS_LOG_W)
+    x = [t.requires_grad_() for t in x]
     s0 = torch.randn(1, 2, 16, 16, generator=torch.Generator().manual_seed(2)).requires_grad_()
     dy = torch.randn(1, T, 2, 16, generator=torch.Generator().manual_seed(3))
     dh = torch.randn(1, 2, 16, 16, generator=torch.Generator().manual_seed(4))

@@ -128,3 +128,7 @@ def test_fused_kernel_refused_off_cuda(registry):
     else:
         with pytest.raises(ValidationError, match="mamba-ssm"):
             config(registry, kernel="fused")
+
+
+def test_flops_per_token(registry):
+    testing.check_flops_per_token(build(registry), MAX_T)

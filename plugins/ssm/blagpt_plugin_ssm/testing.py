@@ -91,7 +91,7 @@ def check_generation_matches_forward(
 
 
 def check_loss_falls(
-    model: nn.Module, tokenizer: str = "bytes", steps: int = 40, seq_len: int = 64, batch: int = 8, lr: float = 3e-3
+    model: nn.Module, tokenizer: str = "bytes", steps: int = 25, seq_len: int = 64, batch: int = 8, lr: float = 3e-3
 ) -> tuple[float, float]:
     """A short AdamW run on the embedded corpus: the mean loss of the last 5 steps is well below
     that of the first 5. Returns (first, last)."""
@@ -125,3 +125,13 @@ def gpt2_small_parameters(vocab_size: int = 50304, n_layers: int = 12, d: int = 
     the reference the 124M-class presets are matched to."""
     per_layer = 12 * d * d + 13 * d  # qkv + proj + 2 MLP matrices, their biases, two LayerNorms
     return n_layers * per_layer + vocab_size * d + max_seq_len * d + 2 * d
+
+
+def check_flops_per_token(model: nn.Module, seq_len: int) -> float:
+    """``flops_per_token`` counts at least 6 FLOPs per matmul weight (head included) and grows
+    with the sequence length only through attention, never shrinks."""
+    n = sum(p.numel() for name, p in model.named_parameters() if p.dim() >= 2 and "conv1d" not in name)
+    f = model.flops_per_token(seq_len)
+    assert f >= 6 * n, (f, n)
+    assert model.flops_per_token(2 * seq_len) >= f
+    return f

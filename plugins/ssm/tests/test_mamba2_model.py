@@ -86,3 +86,7 @@ def test_fused_kernel_refused_off_cuda(registry):
     else:
         with pytest.raises(ValueError, match="mamba-ssm"):
             Mamba2Config(kernel="fused")
+
+
+def test_flops_per_token(registry):
+    testing.check_flops_per_token(build(registry), MAX_T)

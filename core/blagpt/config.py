@@ -59,7 +59,9 @@ class TrainConfig(_Section):
         description="Sequences per optimizer step over all ranks; gradient accumulation = "
         "global / (micro * world size). Unset: micro_batch_size x world size.",
     )
-    warmup_steps: int = Field(default=20, ge=0, description="Linear learning-rate warmup steps.")
+    warmup_steps: int | None = Field(
+        default=None, ge=0, description="Linear learning-rate warmup steps; unset: 5% of the run's steps."
+    )
     schedule: Literal["cosine", "wsd", "constant"] = Field(
         default="cosine", description="Decay after warmup: cosine, warmup-stable-decay (linear tail), or constant."
     )
@@ -73,6 +75,12 @@ class TrainConfig(_Section):
     seed: int = Field(default=0, description="Seed of initialisation, data order and dropout.")
     eval_interval: int = Field(default=50, ge=0, description="Evaluate every N steps (and at the end); 0: only at the end.")
     eval_tokens: int = Field(default=32768, gt=0, description="Validation tokens per evaluation (a fixed slice).")
+    eval_bytes: int | None = Field(
+        default=None,
+        gt=0,
+        description="If set, the validation slice is the start of the val split that covers this many UTF-8 "
+        "bytes (the same text whatever the tokenizer), instead of `eval_tokens` tokens.",
+    )
     checkpoint_interval: int = Field(default=0, ge=0, description="Checkpoint every N steps; 0: only at the end.")
     log_interval: int = Field(default=10, gt=0, description="Log training metrics every N steps.")
     device: str = Field(default="auto", description="`auto`, `cpu`, `cuda` or `cuda:N`.")
@@ -80,8 +88,10 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _budget(self) -> "TrainConfig":
-        if self.tokens is not None and "steps" in self.model_fields_set:
+        if self.tokens is not None and "steps" in self.model_fields_set and self.steps is not None:
             raise ValueError("set either `steps` or `tokens`, not both")
+        if self.tokens is None and self.steps is None:
+            raise ValueError("set `steps` or `tokens`")
         return self
 
 

@@ -71,7 +71,7 @@ def _read_text(path: Path) -> str:
 def split_text(documents: list[str], val_fraction: float) -> tuple[list[str], list[str]]:
     """Split documents into train and val by UTF-8 bytes of text, not by tokens.
 
-    The last ``val_fraction`` of the text (cut at a line start inside a document if need be)
+    The last ``val_fraction`` of the text (cutting one document, at a line start where it can)
     is validation, so every tokenizer's validation split holds exactly the same text and bits per
     byte of a byte model and a token model measure the same thing.
     """
@@ -82,11 +82,12 @@ def split_text(documents: list[str], val_fraction: float) -> tuple[list[str], li
         i -= 1
         acc += sizes[i]
     train, val = list(documents[:i]), list(documents[i:])
-    if i > 0 and acc < want:  # cut the boundary document at a line start
+    if i > 0 and acc < want:  # cut the boundary document, at a line start or a space if it can
         doc = documents[i - 1]
-        cut = doc.find("\n", max(0, len(doc) - int(want - acc)))
-        if 0 <= cut < len(doc) - 1:
-            train[-1], val = doc[: cut + 1], [doc[cut + 1 :]] + val
+        pos = max(1, len(doc) - int(want - acc))
+        cut = next((c + 1 for c in (doc.find("\n", pos), doc.find(" ", pos)) if 0 <= c < len(doc) - 1), pos)
+        if cut < len(doc):
+            train[-1], val = doc[:cut], [doc[cut:]] + val
     return train, val
 
 

@@ -20,6 +20,9 @@ class TinyLMConfig(ModelConfig):
     n_layers: int = Field(default=2, gt=0, description="Transformer blocks.")
     n_heads: int = Field(default=4, gt=0, description="Attention heads (must divide d_model).")
     dropout: float = Field(default=0.0, ge=0, lt=1, description="Dropout after attention and MLP.")
+    nan_after: int | None = Field(
+        default=None, ge=0, description="Test hook: training-mode forwards return NaN after this many calls."
+    )
 
 
 class Block(nn.Module):
@@ -53,6 +56,7 @@ class TinyLM(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
+        self.calls = 0
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(m.weight, std=0.02)
@@ -65,7 +69,12 @@ class TinyLM(nn.Module):
         x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))
         for block in self.blocks:
             x = block(x)
-        return self.head(self.ln_f(x))
+        logits = self.head(self.ln_f(x))
+        if self.training and self.cfg.nan_after is not None:
+            self.calls += 1
+            if self.calls > self.cfg.nan_after:
+                logits = logits * float("nan")
+        return logits
 
     def flops_per_token(self, seq_len: int) -> float:
         """6 N (matmul weights, forward + backward) + 12 L T d (attention scores and values)."""

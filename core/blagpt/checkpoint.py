@@ -1,0 +1,58 @@
+"""Checkpoints: written atomically, loaded weights-only.
+
+One file per run folder, ``checkpoint.pt``, replaced atomically (written to a temp file in the
+same folder, fsynced, then renamed over the old one), so a crash or a diverged run never leaves a
+half-written or poisoned checkpoint behind. It holds everything an exact resume needs: model and
+optimizer state, the step, the loader position, the RNG state of every rank and the resolved
+config. Loading uses ``torch.load(weights_only=True)``: no pickled code runs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import BlagptError
+
+CHECKPOINT = "checkpoint.pt"
+FORMAT = 1
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def save(path: str | Path, payload: dict[str, Any]) -> Path:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save({"format": FORMAT, **payload}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise BlagptError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - corrupt file, foreign pickle
+        raise BlagptError(f"{path}: cannot load checkpoint weights-only ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise BlagptError(f"{path}: not a blagpt checkpoint of format {FORMAT}")
+    return state

@@ -1,0 +1,71 @@
+"""Shared helpers for the core's tests: run the real CLI in a subprocess, fabricate plugins.
+
+Fabricated plugins are real distributions (a ``*.dist-info`` folder with ``entry_points.txt``)
+on a temporary ``PYTHONPATH`` entry, found by importlib.metadata exactly like pip-installed ones;
+nothing patches the registry.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+# Small, fast defaults for training runs in tests: the tiny test model on bytes.
+TINY = [
+    "model.name=tinylm",
+    "model.d_model=32",
+    "model.n_layers=1",
+    "model.n_heads=2",
+    "data.tokenizer=bytes",
+    "train.seq_len=32",
+    "train.micro_batch_size=4",
+    "train.eval_tokens=2048",
+    "train.log_interval=2",
+]
+
+
+def run_cli(args, cwd=None, env=None, timeout=300, check=None, plugins=("tinylm",)):
+    """Run ``python -m blagpt ARGS``; returns CompletedProcess with text output.
+
+    ``plugins`` limits discovery (BLAGPT_LOAD_PLUGINS) so the core's tests do not import every
+    installed architecture; ``None`` loads all.
+    """
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if plugins is not None:
+        full_env["BLAGPT_LOAD_PLUGINS"] = ",".join(plugins)
+    full_env.update(env or {})
+    proc = subprocess.run(
+        [sys.executable, "-m", "blagpt", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
+    if check is not None and proc.returncode != check:
+        raise AssertionError(f"exit {proc.returncode} (wanted {check}) for {args}\nSTDOUT:\n{proc.stdout}\nSTDERR:\n{proc.stderr}")
+    return proc
+
+
+def fake_plugin(site: Path, dist: str, module: str, source: str, ep_name: str | None = None, version: str = "0.1") -> None:
+    """Write a one-module distribution ``dist`` exposing ``module`` under the entry-point group."""
+    site.mkdir(parents=True, exist_ok=True)
+    (site / f"{module}.py").write_text(textwrap.dedent(source))
+    info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text(f"[blagpt]\n{ep_name or module} = {module}\n")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A clean working directory (MLflow's default store and runs/ land here)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

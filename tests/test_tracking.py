@@ -1,0 +1,193 @@
+"""MLflow tracking against a real ``mlflow server`` on 127.0.0.1, and when it is down or hangs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, free_port, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+class Server:
+    """``mlflow server`` in its own process group, stopped by its PID."""
+
+    def __init__(self, root: Path, port: int | None = None) -> None:
+        self.root, self.port = root, port or free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Server":
+        log = open(self.root / f"server-{self.port}.log", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db", "--artifacts-destination", str(self.root / "artifacts")],
+            stdout=log, stderr=log, start_new_session=True,
+        )
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                if urllib.request.urlopen(self.uri + "/health", timeout=2).status == 200:
+                    return self
+            except OSError:
+                time.sleep(0.5)
+            if self.proc.poll() is not None:
+                break
+        raise RuntimeError(f"mlflow server did not start; see {log.name}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    s = Server(tmp_path_factory.mktemp("mlflow")).start()
+    yield s
+    s.stop()
+
+
+def client(uri):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def sets(*extra):
+    return [x for s in [*TINY, "train.steps=6", "train.eval_interval=3", *extra] for x in ("--set", s)]
+
+
+def folder_metrics(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    out: dict[str, list[tuple[int, float]]] = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        out.setdefault(r["key"], []).append((r["step"], r["value"]))
+    return out
+
+
+def assert_mlflow_has_folder(uri, run_id, run_dir):
+    c = client(uri)
+    for key, pts in folder_metrics(run_dir).items():
+        got = sorted((m.step, m.value) for m in c.get_metric_history(run_id, key))
+        assert got == sorted(pts), key
+
+
+def test_run_is_logged_to_a_server(workdir, server):
+    proc = run_cli(["train", "--tracking-uri", server.uri, *sets("tracking.run_name=served")], cwd=workdir, check=0)
+    assert f"tracking URI {server.uri}" in proc.stdout
+    meta = json.loads((workdir / "runs/served/run.json").read_text())
+    run = client(server.uri).get_run(meta["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    p = run.data.params
+    assert p["model.name"] == "tinylm" and p["train.seq_len"] == "32" and p["optimizer.name"] == "adamw"
+    assert run.data.tags["blagpt.plugin.blagpt-plugin-tinylm"] == "0.1.0"
+    assert {"train/loss", "val/loss", "val/bpb", "train/tokens_per_s", "train/peak_mem_mb", "train/lr"} <= set(run.data.metrics)
+    assert_mlflow_has_folder(server.uri, run.info.run_id, workdir / "runs/served")
+    arts = {a.path for a in client(server.uri).list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "loss_curve.png"} <= arts
+    listed = run_cli(["runs", "--tracking-uri", server.uri], check=0).stdout
+    row = next(ln for ln in listed.splitlines() if ln.startswith("served"))
+    assert "tinylm" in row and f"{run.data.metrics['val/loss']:.4f}" in row
+
+
+def test_server_down_training_goes_on_then_sync_recovers(workdir, server):
+    dead = f"http://127.0.0.1:{free_port()}"
+    t0 = time.monotonic()
+    proc = run_cli(["train", "--tracking-uri", dead, *sets("tracking.run_name=offline", "tracking.timeout_s=2")], cwd=workdir, check=0)
+    assert time.monotonic() - t0 < 120
+    assert "blagpt runs sync" in proc.stdout and "final: val loss" in proc.stdout
+    run_dir = workdir / "runs/offline"
+    assert "val/bpb" in folder_metrics(run_dir)
+    synced = run_cli(["runs", "sync", str(run_dir), "--tracking-uri", server.uri], check=0)
+    run_id = synced.stdout.strip().split()[-1]
+    assert_mlflow_has_folder(server.uri, run_id, run_dir)
+    assert client(server.uri).get_run(run_id).data.params["model.name"] == "tinylm"
+
+
+def test_server_that_hangs_does_not_stall_training(workdir):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    held = []
+    stop = threading.Event()
+
+    def accept_and_ignore():
+        sock.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(sock.accept()[0])  # never answer
+            except OSError:
+                pass
+
+    threading.Thread(target=accept_and_ignore, daemon=True).start()
+    try:
+        uri = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        t0 = time.monotonic()
+        proc = run_cli(["train", "--tracking-uri", uri, *sets("tracking.run_name=hung", "tracking.timeout_s=1")], cwd=workdir, check=0)
+        assert time.monotonic() - t0 < 150
+        assert "MLflow did not receive everything" in proc.stdout and held
+        assert "val/loss" in folder_metrics(workdir / "runs/hung")
+    finally:
+        stop.set()
+        sock.close()
+
+
+def test_server_killed_during_a_run(workdir, tmp_path_factory):
+    srv = Server(tmp_path_factory.mktemp("mlflow-killed")).start()
+    env = {**os.environ, "BLAGPT_LOAD_PLUGINS": "tinylm"}
+    cmd = [sys.executable, "-m", "blagpt", "train", "--tracking-uri", srv.uri,
+           *sets("train.steps=400", "train.eval_interval=100", "tracking.run_name=killed", "tracking.timeout_s=2")]
+    train = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        run_json = workdir / "runs/killed/run.json"
+        while time.monotonic() < deadline:  # wait until MLflow has received some metrics
+            meta = json.loads(run_json.read_text()) if run_json.exists() else {}
+            if meta.get("metrics_synced", 0) > 0:
+                break
+            time.sleep(0.5)
+        assert train.poll() is None, "training finished before the server could be killed"
+        srv.stop()
+        out, _ = train.communicate(timeout=600)
+    finally:
+        if train.poll() is None:
+            train.kill()
+        srv.stop()
+    assert train.returncode == 0, out
+    assert "final: val loss" in out and "blagpt runs sync" in out
+    run_dir = workdir / "runs/killed"
+    meta = json.loads((run_dir / "run.json").read_text())
+    total = sum(len(v) for v in folder_metrics(run_dir).values())
+    assert 0 < meta["metrics_synced"] < total
+    srv.start()  # same port, same database
+    try:
+        run_cli(["runs", "sync", str(run_dir)], check=0)  # the run's own URI, from run.json
+        assert_mlflow_has_folder(srv.uri, meta["mlflow_run_id"], run_dir)
+        assert client(srv.uri).get_run(meta["mlflow_run_id"]).info.status == "FINISHED"
+    finally:
+        srv.stop()
+
+
+def test_default_store_is_mlflow_db_in_the_working_directory(workdir):
+    env = {"MLFLOW_TRACKING_URI": ""}
+    proc = run_cli(["train", *sets("tracking.run_name=local")], cwd=workdir, env=env, check=0)
+    assert (workdir / "mlflow.db").is_file()
+    assert f"sqlite:///{workdir}/mlflow.db" in proc.stdout
+    listed = run_cli(["runs"], cwd=workdir, env=env, check=0).stdout
+    assert any(ln.startswith("local ") for ln in listed.splitlines())

@@ -133,8 +133,8 @@ def model_worker(which: str, batch: int, seq_len: int, steps: int) -> None:
         logits = model(idx[:, :-1])
         F.cross_entropy(logits.flatten(0, 1).float(), idx[:, 1:].flatten()).backward()
 
-    step()  # warm-up, and gradients allocated
     rss_built = _rss_now_kb()
+    step()  # warm-up
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
@@ -157,7 +157,7 @@ def _rss_now_kb() -> int:
 def bench_models(batch: int, seq_len: int, steps: int, threads: int) -> None:
     print(f"[models] forward+backward, batch={batch}, T={seq_len}, {steps} timed steps after 1 warm-up, "
           f"threads={threads or 'default'}, each model in its own process")
-    print(f"[models] {'model':<14}{'params':>10}{'tokens/s':>11}{'step s':>9}{'peak RSS MB':>13}")
+    print(f"[models] {'model':<14}{'params':>10}{'tokens/s':>11}{'step s':>9}{'peak RSS MB':>13}{'over built MB':>15}")
     rows = []
     for which in MODELS:
         out = subprocess.run(
@@ -171,7 +171,7 @@ def bench_models(batch: int, seq_len: int, steps: int, threads: int) -> None:
         r = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(r)
         print(f"[models] {r['model']:<14}{r['params'] / 1e6:>9.1f}M{r['tokens_per_s']:>11.0f}{r['step_s']:>9.2f}"
-              f"{r['peak_rss_mb']:>13.0f}")
+              f"{r['peak_rss_mb']:>13.0f}{r['peak_over_built_mb']:>15.0f}")
     base = next((r for r in rows if r["model"] == "baseline"), None)
     if base:
         print(f"[models] baseline: {base['note']}")

@@ -347,8 +347,10 @@ class Mamba2(nn.Module):
             state: if given, the sequence continues from it and it is updated in place to the
                 state after the last token (a prompt's prefill, or one generated token).
             reference: compute the SSD one token at a time (the recurrent reference) instead of
-                in chunks.
+                in chunks. A single token continuing a ``state`` (generation) always takes the
+                recurrence.
         """
+        reference = reference or (state is not None and u.size(1) == 1)
         if self.kernel == "fused" and not u.is_cuda:
             raise RuntimeError("Mamba2 kernel='fused' runs on CUDA only; use kernel='torch' on this device")
         z, xbc, dt = self._split(self.in_proj(u))

@@ -13,12 +13,14 @@ beta1 to beta3 so that its half-life grows linearly,
 beta3(t) = min(exp(ln(beta1) ln(beta3) / ((1 - t/T_beta3) ln(beta3) + (t/T_beta3) ln(beta1))), beta3).
 
 The update is heavyball's ``AdEMAMix`` (its denominator is max(sqrt(nu_hat), eps), which differs
-from sqrt(nu_hat) + eps by at most eps). Stability: the paper shows that a large alpha with a slow
-beta3 from step 1 makes the early slow EMA (built from large, stale early gradients) dominate the
-update and diverge; the warmups are what prevents it, so they are on by default here (the original
-BlaGPT ran without them). The paper sets T_alpha = T_beta3 = the run's length; the optimizer hook
-does not see the run's length, so the defaults are fixed step counts: set them to ``train.steps``
-for long runs.
+from sqrt(nu_hat) + eps by at most eps; the test transcribes the paper and compares).
+
+Stability: where gradients agree from step to step, the slow EMA approaches the gradient's mean
+and the step is up to (1 + alpha) times Adam's at the same lr; the paper ramps alpha and beta3 up
+(the warmups above) so that this happens gradually rather than from step 1. They are on by
+default here. The paper sets T_alpha = T_beta3 = the run's length; the optimizer hook does not see
+the run's length, so the defaults are a fixed 2000 steps: set both to ``train.steps`` for long
+runs. With alpha = 5, an lr at the edge of stability for AdamW may be too large for AdEMAMix.
 """
 
 from __future__ import annotations

@@ -71,7 +71,8 @@ def _adopt_transform():
     @C.general_guard("exp_avg_sq", init_fn=_init_v0, skip_first=True)
     @C.no_state
     def adopt(group, update, grad, param, exp_avg, exp_avg_sq):
-        # heavyball counts the initialising call as step 1, so ADOPT's t is one less.
+        # heavyball counts the initialising call as step 1, so ADOPT's t is one less. (A parameter
+        # whose first gradient arrives later uses the group's t, a slightly looser clip.)
         t = (group["step"] - 1).to(torch.float32)
         return adopt_update_(
             update, exp_avg, exp_avg_sq, t, *group["betas"], group["eps"], group["clip_exponent"]

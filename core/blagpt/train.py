@@ -136,10 +136,10 @@ def lr_factor(step: int, total: int, cfg) -> float:
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def total_steps(cfg: RunConfig) -> int:
+def total_steps(cfg: RunConfig, world: int) -> int:
     t = cfg.train
     if t.tokens is not None:
-        per_step = global_batch(cfg, 1) * t.seq_len
+        per_step = global_batch(cfg, world) * t.seq_len
         return max(1, math.ceil(t.tokens / per_step))
     return int(t.steps)
 
@@ -246,9 +246,9 @@ def train(
     else:
         run_name = d.broadcast(new_run_name(cfg))
         run_dir = Path(t.out_dir) / run_name
-        if d.main and (run_dir / "run.json").exists():
+        if (run_dir / "run.json").exists():
             raise BlagptError(f"{run_dir}: a run of this name exists; resume it with --resume {run_name} or pick another tracking.run_name")
-    steps = total_steps(cfg)
+    steps = total_steps(cfg, d.world)
 
     # data
     tok_name = cfg.tokenizer_name(registry)

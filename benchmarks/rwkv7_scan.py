@@ -14,7 +14,8 @@ and (b) of one whole time-mixing layer (projections, LoRAs, group norm included)
 Part 2 runs, for rwkv7+124m (also with ``recompute_kernel``) and the transformer baseline, a few
 forward + backward passes of one (batch, seq_len) micro-batch, each model in its own subprocess, and prints parameters, tokens/s
 and peak memory (the process's peak resident memory minus its resident memory once the model is
-built: activations, gradients and temporaries; on CUDA, torch's peak allocated memory). The
+built: activations, gradients and temporaries, with glibc's mmap threshold fixed so that freed
+tensors leave the resident set; on CUDA, torch's peak allocated memory). The
 baseline is the ``blagpt`` model's ``gpt2+124m`` preset when a plugin registers it; otherwise the
 core's test transformer ``tinylm`` at GPT-2 small's shape, which is said in the output.
 """
@@ -170,7 +171,11 @@ def bench_models(batch: int, seq_len: int, steps: int, device: str, threads: int
                "--seq-len", str(seq_len), "--steps", str(steps), "--device", device]
         if threads:
             cmd += ["--threads", str(threads)]
-        out = subprocess.run(cmd, capture_output=True, text=True)
+        # A fixed mmap threshold makes glibc hand every large tensor back to the OS when freed;
+        # with its default (dynamic) threshold freed activations stay in the heap and the peak
+        # resident memory stops tracking the live tensors (recomputation then shows no saving).
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if out.returncode:
             print(f"{label}: failed\n{out.stderr[-2000:]}")
             continue

@@ -226,12 +226,12 @@ class TimeMix(nn.Module):
 
         heads = lambda t: t.view(B, T, H, N)  # noqa: E731
         args = (heads(r), log_w.view(B, T, H, N), heads(k), heads(v), -kappa_hat, kappa_hat * heads(a))
-        if self.kernel == "chunked" and self.recompute and torch.is_grad_enabled():
+        if self.kernel == "recurrent" or (T == 1 and self.kernel == "chunked"):  # a generation step
+            y, wkv_state = wkv7_recurrent(*args, state=wkv_state)
+        elif self.kernel == "chunked" and self.recompute and torch.is_grad_enabled():
             y, wkv_state = checkpoint(wkv7_chunked, *args, wkv_state, self.chunk_size, use_reentrant=False)
         elif self.kernel == "chunked":
             y, wkv_state = wkv7_chunked(*args, state=wkv_state, chunk_size=self.chunk_size)
-        elif self.kernel == "recurrent":
-            y, wkv_state = wkv7_recurrent(*args, state=wkv_state)
         else:
             y, wkv_state = wkv7_fla(*args, state=wkv_state)
 

@@ -76,6 +76,25 @@ def test_fla_kernel_without_fla_is_a_clear_error(registry):
             model(torch.zeros(1, 4, dtype=torch.long))
 
 
+def _fla_importable() -> bool:
+    from blagpt_plugin_rwkv7.wkv import fla_available
+
+    return fla_available()
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and _fla_importable()), reason="needs CUDA and flash-linear-attention")
+def test_fla_kernel_matches_chunked_on_cuda():
+    from blagpt_plugin_rwkv7.wkv import wkv7_chunked, wkv7_fla
+
+    from test_rwkv7_kernel import rel, rwkv7_inputs
+
+    x = [t.cuda() for t in rwkv7_inputs(2, 300, 4, 64, seed=11)]
+    s0 = torch.randn(2, 4, 64, 64, device="cuda")
+    y_ref, h_ref = wkv7_chunked(*x, state=s0, chunk_size=64)
+    y, h = wkv7_fla(*x, state=s0)
+    assert rel(y, y_ref) < 1e-3 and rel(h, h_ref) < 1e-3
+
+
 @pytest.mark.parametrize("fields", [{}, {"token_shift_lora": 8}, {"value_residual": False, "n_layers": 3}])
 def test_causal_also_for_shorter_sequences(registry, fields):
     model = randomise(build(registry, **fields)).eval()

@@ -101,42 +101,48 @@ def ssd_chunked(
     c = -(-T // Q)  # chunks
     pad = c * Q - T
     dtype, acc = x.dtype, _state_dtype(x)
-    log_decay = dt.to(acc) * A.to(acc)  # (b, T, H), <= 0
     xdt = x * dt.to(dtype).unsqueeze(-1)  # the discretised input dt_t x_t
-    if pad:
+    log_decay = dt.to(acc) * A.to(acc)  # (b, T, H), <= 0
+    if pad:  # padded steps: log decay 0 (no decay) and no input, so they change nothing
         xdt, B, C = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (xdt, B, C))
-        log_decay = F.pad(log_decay, (0, 0, 0, pad))  # log 1: padded steps do not decay
-    xdt = xdt.view(b, c, Q, G, R, P)
-    B, C = B.reshape(b, c, Q, G, N), C.reshape(b, c, Q, G, N)
-    log_decay = log_decay.view(b, c, Q, G, R).permute(0, 1, 3, 4, 2)  # (b, c, G, R, Q)
-    cum = log_decay.cumsum(dim=-1)  # log decay from the chunk start to each token, inclusive
+        log_decay = F.pad(log_decay, (0, 0, 0, pad))
+    # Time-major x, so the state products are (heads x channels) x Q x N matmuls per group.
+    xdt = xdt.reshape(b, c, Q, G, R, P)
+    B = B.reshape(b, c, Q, G, N).transpose(2, 3)  # (b, c, G, Q, N)
+    C = C.reshape(b, c, Q, G, N).transpose(2, 3)
+    log_decay = log_decay.reshape(b, c, Q, G, R).permute(0, 1, 3, 4, 2)  # (b, c, G, R, Q)
+    cum = log_decay.cumsum(dim=-1)  # log decay from the chunk's start to each token, inclusive
 
     # 1. Within each chunk: y_l = sum_{s<=l} (C_l . B_s) exp(sum_{s<k<=l} log_decay_k) xdt_s.
     decay_matrix = torch.exp(segsum(log_decay)).to(dtype)  # (b, c, G, R, Q, Q)
-    scores = torch.einsum("bclgn,bcsgn->bcgls", C, B).unsqueeze(3) * decay_matrix
-    y_intra = torch.einsum("bcgrls,bcsgrp->bclgrp", scores, xdt)
+    scores = (C @ B.transpose(-1, -2)).unsqueeze(3) * decay_matrix
+    y_intra = scores @ xdt.permute(0, 1, 3, 4, 2, 5)  # (b, c, G, R, Q, P)
 
-    # 2. The state each chunk alone leaves at its end.
+    # 2. The state each chunk alone leaves at its end: sum_s exp(decay s -> end) xdt_s B_s^T.
     decay_to_end = torch.exp(cum[..., -1:] - cum).to(dtype)  # (b, c, G, R, Q)
     weighted = xdt * decay_to_end.permute(0, 1, 4, 2, 3).unsqueeze(-1)  # (b, c, Q, G, R, P)
-    chunk_states = torch.einsum("bclgn,bclgrp->bcgrpn", B, weighted).to(acc)
+    weighted = weighted.reshape(b, c, Q, G, R * P).permute(0, 1, 3, 4, 2)  # (b, c, G, RP, Q)
+    chunk_states = (weighted @ B).to(acc)  # (b, c, G, RP, N)
 
-    # 3. Pass states over chunk boundaries: the state entering chunk z, from all earlier ones.
-    if initial_state is None:
-        initial_state = torch.zeros(b, H, P, N, device=x.device, dtype=acc)
-    states = torch.cat([initial_state.to(acc).view(b, 1, G, R, P, N), chunk_states], dim=1)  # (b, c+1, G, R, P, N)
-    chunk_log_decay = F.pad(cum[..., -1].permute(0, 2, 3, 1), (1, 0))  # (b, G, R, c+1)
-    boundary_decay = torch.exp(segsum(chunk_log_decay))  # (b, G, R, c+1, c+1)
-    with torch.autocast(x.device.type, enabled=False):  # the long-range recurrence stays in fp32
-        states = torch.einsum("bgrzc,bcgrpn->bzgrpn", boundary_decay, states)
-    entering, final_state = states[:, :-1], states[:, -1]
+    # 3. Pass states over chunk boundaries, a short recurrence over the c chunks (in fp32).
+    chunk_decay = torch.exp(cum[..., -1]).to(acc)  # (b, c, G, R): each chunk's total decay
+    state = torch.zeros(b, G, R, P, N, device=x.device, dtype=acc)
+    if initial_state is not None:
+        state = initial_state.to(acc).reshape(b, G, R, P, N)
+    entering = []
+    # unbind, not indexing: the backward of c indexings would write c full-size zero gradients
+    for decay, written in zip(chunk_decay.unbind(1), chunk_states.unbind(1)):
+        entering.append(state)
+        state = state * decay[..., None, None] + written.view(b, G, R, P, N)
+    entering = torch.stack(entering, dim=1).view(b, c, G, R * P, N)  # the state before each chunk
 
     # 4. What the entering state contributes to each output, decayed to its position.
-    decay_from_start = torch.exp(cum).to(dtype).permute(0, 1, 4, 2, 3).unsqueeze(-1)  # (b, c, Q, G, R, 1)
-    y_inter = torch.einsum("bclgn,bcgrpn->bclgrp", C, entering.to(dtype)) * decay_from_start
+    y_inter = (C @ entering.to(dtype).transpose(-1, -2)).view(b, c, G, Q, R, P)
+    y_inter = y_inter * torch.exp(cum).to(dtype).permute(0, 1, 2, 4, 3).unsqueeze(-1)
 
-    y = (y_intra + y_inter).reshape(b, c * Q, H, P)[:, :T]
-    return y, final_state.reshape(b, H, P, N)
+    y = y_inter.transpose(2, 3) + y_intra.permute(0, 1, 4, 2, 3, 5)  # (b, c, Q, G, R, P)
+    y = y.reshape(b, c * Q, H, P)[:, :T]
+    return y, state.reshape(b, H, P, N)
 
 
 def ssd_step(

@@ -11,7 +11,7 @@ d_state 128: the ``124m`` presets' Mamba-2 layer) and of the whole Mamba-2 layer
 each with the chunked SSD and with the step-by-step recurrence, and prints the ratios. The
 layer's projections, convolution and norm cost the same in both paths, so its ratio is lower.
 
-Part 2 runs, for each of mamba2+124m, zamba2+124m, rene+124m and the transformer baseline, a few
+Part 2 runs, for each of mamba2+124m, zamba2+124m, rene+124m (each also with ``recompute=True``) and the transformer baseline, a few
 forward + backward passes of one (batch, seq_len) micro-batch, each model in its own subprocess,
 and prints parameters, tokens/s and peak memory (the process's peak resident memory minus its
 resident memory once the model is built: activations, gradients and temporaries). The baseline is
@@ -92,7 +92,8 @@ def bench_scan(seq_len: int, chunk_size: int, batch: int, repeats: int) -> None:
     print(f"[scan]   layer ratio step-by-step / chunked: {stepwise / chunked:.1f}x")
 
 
-MODELS = ["mamba2+124m", "zamba2+124m", "rene+124m", "baseline"]
+MODELS = ["mamba2+124m", "zamba2+124m", "rene+124m",
+          "mamba2+124m:recompute", "zamba2+124m:recompute", "rene+124m:recompute", "baseline"]
 
 
 def model_worker(which: str, batch: int, seq_len: int, steps: int) -> None:
@@ -115,8 +116,11 @@ def model_worker(which: str, batch: int, seq_len: int, steps: int) -> None:
             name, preset = "tinylm", None
             note = "tinylm at GPT-2 small shape, tied head (no `blagpt` model with a gpt2+124m preset installed)"
     else:
-        name, preset = which.split("+")
+        name, _, preset = which.partition("+")
+        preset, _, option = preset.partition(":")
     raw = {"name": name, **({"preset": preset} if preset else {})}
+    if which != "baseline" and option == "recompute":
+        raw["recompute"] = True
     if name == "tinylm":
         raw.update(d_model=768, n_layers=12, n_heads=12)
     spec = reg.model_spec(name)
@@ -157,7 +161,7 @@ def _rss_now_kb() -> int:
 def bench_models(batch: int, seq_len: int, steps: int, threads: int) -> None:
     print(f"[models] forward+backward, batch={batch}, T={seq_len}, {steps} timed steps after 1 warm-up, "
           f"threads={threads or 'default'}, each model in its own process")
-    print(f"[models] {'model':<14}{'params':>10}{'tokens/s':>11}{'step s':>9}{'peak RSS MB':>13}{'over built MB':>15}")
+    print(f"[models] {'model':<22}{'params':>10}{'tokens/s':>11}{'step s':>9}{'peak RSS MB':>13}{'over built MB':>15}")
     rows = []
     for which in MODELS:
         out = subprocess.run(
@@ -170,7 +174,7 @@ def bench_models(batch: int, seq_len: int, steps: int, threads: int) -> None:
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(r)
-        print(f"[models] {r['model']:<14}{r['params'] / 1e6:>9.1f}M{r['tokens_per_s']:>11.0f}{r['step_s']:>9.2f}"
+        print(f"[models] {r['model']:<22}{r['params'] / 1e6:>9.1f}M{r['tokens_per_s']:>11.0f}{r['step_s']:>9.2f}"
               f"{r['peak_rss_mb']:>13.0f}{r['peak_over_built_mb']:>15.0f}")
     base = next((r for r in rows if r["model"] == "baseline"), None)
     if base:

@@ -28,6 +28,12 @@ class Mamba2LayerFields(ModelConfig):
         "optional packages mamba-ssm and causal-conv1d (an error if they are not installed or the run is not on CUDA).",
     )
 
+    recompute: bool = Field(
+        default=False,
+        description="Recompute each Mamba-2 layer's convolution, SSD and norm in the backward pass instead of "
+        "keeping their activations: less memory, a little more time.",
+    )
+
     @field_validator("kernel")
     @classmethod
     def _fused_installed(cls, v: str) -> str:
@@ -52,6 +58,7 @@ class Mamba2LayerFields(ModelConfig):
             n_groups=self.n_groups,
             chunk_size=self.chunk_size,
             kernel=self.kernel,
+            recompute=self.recompute,
         )
 
 

@@ -39,6 +39,7 @@ from typing import Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 Kernel = Literal["torch", "fused"]
 
@@ -237,6 +238,8 @@ class Mamba2(nn.Module):
         chunk_size: Q of the chunked SSD.
         kernel: ``"torch"`` (pure PyTorch, everywhere) or ``"fused"`` (mamba-ssm + causal-conv1d,
             CUDA only; an error at construction if they are not installed).
+        recompute: in training, keep only the projections' outputs and recompute the convolution,
+            SSD and norm in the backward pass (less activation memory, a little more time).
         dt_min, dt_max: range of the initial step sizes (log-uniform), as in the paper's code.
         a_init_range: range of the initial -A (uniform).
     """
@@ -252,6 +255,7 @@ class Mamba2(nn.Module):
         n_groups: int = 1,
         chunk_size: int = 64,
         kernel: Kernel = "torch",
+        recompute: bool = False,
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
         a_init_range: tuple[float, float] = (1.0, 16.0),
@@ -273,7 +277,7 @@ class Mamba2(nn.Module):
                 )
         self.d_model, self.d_inner, self.d_state, self.d_conv = d_model, d_inner, d_state, d_conv
         self.head_dim, self.n_heads, self.n_groups = head_dim, n_heads, n_groups
-        self.chunk_size, self.kernel = chunk_size, kernel
+        self.chunk_size, self.kernel, self.recompute = chunk_size, kernel, recompute
         self.conv_dim = d_inner + 2 * n_groups * d_state
 
         # in_proj -> z (gate), x, B, C (the convolved part), dt (one per head)
@@ -359,15 +363,23 @@ class Mamba2(nn.Module):
         reference = reference or (state is not None and u.size(1) == 1)
         if self.kernel == "fused" and not u.is_cuda:
             raise RuntimeError("Mamba2 kernel='fused' runs on CUDA only; use kernel='torch' on this device")
-        z, xbc, dt = self._split(self.in_proj(u))
+        zxbcdt = self.in_proj(u)
+        if self.recompute and state is None and torch.is_grad_enabled():
+            y = checkpoint(self._mix, zxbcdt, None, reference, use_reentrant=False)
+        else:
+            y = self._mix(zxbcdt, state, reference)
+        return self.out_proj(y)
+
+    def _mix(self, zxbcdt: torch.Tensor, state: Mamba2State | None, reference: bool) -> torch.Tensor:
+        """Everything between the two projections: conv, SSD, skip, gated norm."""
+        z, xbc, dt = self._split(zxbcdt)
         xbc = self._conv(xbc, state)
         x, B, C = self._split_xbc(xbc)
         acc = _state_dtype(dt)
         dt = F.softplus(dt.to(acc) + self.dt_bias.to(acc))
         y = self._ssd(x, dt, B, C, state, reference)
         y = y + x * self.D.to(x.dtype).unsqueeze(-1)
-        y = self.norm(y.flatten(-2), z)
-        return self.out_proj(y)
+        return self.norm(y.flatten(-2), z)
 
     def step(self, u: torch.Tensor, state: Mamba2State) -> torch.Tensor:
         """One token, (b, d_model) -> (b, d_model), through the recurrence; updates ``state``."""

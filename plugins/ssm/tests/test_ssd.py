@@ -127,3 +127,16 @@ def test_layer_under_bf16_autocast_is_close_to_fp32():
     assert y16.dtype == torch.bfloat16 and torch.isfinite(y16).all()
     assert state.ssm.dtype == torch.float32
     assert rel_err(y16, y32) < 5e-2
+
+
+def test_recompute_gives_the_same_outputs_and_gradients():
+    u = torch.randn(2, 19, 32, generator=torch.Generator().manual_seed(8), requires_grad=True)
+    results = []
+    for recompute in (False, True):
+        layer = make_layer(seed=3, recompute=recompute)
+        u.grad = None
+        y = layer(u)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        results.append([y.detach(), u.grad.clone()] + [p.grad for p in layer.parameters()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b)

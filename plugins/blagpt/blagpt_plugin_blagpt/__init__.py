@@ -102,8 +102,10 @@ def compute_loss(name, model, batch, config):
     if name != NAME:
         return None
     nlls = model(batch.inputs, targets=batch.targets)
-    weights = config.mtp_weights or [1.0] * len(nlls)
     means = [n.mean() for n in nlls]
-    loss = sum(w * m for w, m in zip(weights, means)) / sum(weights)
-    metrics = {f"loss_head{i}": m.detach() for i, m in enumerate(means)} if len(nlls) > 1 else {}
+    if len(means) == 1:
+        return LossOutput(loss=means[0], nll=nlls[0])
+    weights = config.mtp_weights or [1.0] * len(means)
+    loss = sum(w / sum(weights) * m for w, m in zip(weights, means))
+    metrics = {f"loss_head{i}": m.detach() for i, m in enumerate(means)}
     return LossOutput(loss=loss, nll=nlls[0], metrics=metrics)

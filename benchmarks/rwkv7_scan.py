@@ -12,12 +12,15 @@ and (b) of one whole time-mixing layer (projections, LoRAs, group norm included)
 ``--repeats`` after a warm-up; step-by-step: one run (it is the slow side).
 
 Part 2 runs, for rwkv7+124m (also with ``recompute_kernel``) and the transformer baseline, a few
-forward + backward passes of one (batch, seq_len) micro-batch, each model in its own subprocess, and prints parameters, tokens/s
-and peak memory (the process's peak resident memory minus its resident memory once the model is
-built: activations, gradients and temporaries, with glibc's mmap threshold fixed so that freed
-tensors leave the resident set; on CUDA, torch's peak allocated memory). The
-baseline is the ``blagpt`` model's ``gpt2+124m`` preset when a plugin registers it; otherwise the
-core's test transformer ``tinylm`` at GPT-2 small's shape, which is said in the output.
+forward + backward passes of one (batch, seq_len) micro-batch, each model in its own subprocess,
+and prints parameters, tokens/s and peak memory: the process's peak resident memory minus its
+resident memory once the model is built (activations, gradients and temporaries), measured in a
+separate one-step run with glibc's mmap threshold fixed so that freed tensors leave the resident
+set (on CUDA: torch's peak allocated memory). The baseline is the ``blagpt`` model's
+``gpt2+124m`` preset when a plugin registers it; otherwise the core's test transformer
+``tinylm`` at GPT-2 small's shape, which is said in the output.
+
+The machine these figures come from is shared: compare ratios from one run, not across runs.
 """
 
 from __future__ import annotations
@@ -122,7 +125,10 @@ def rss_mb() -> float:
 
 
 def bench_one(raw_model: dict, batch: int, seq_len: int, steps: int, device: str) -> dict:
-    """Build one model through the registry and time forward + backward (run in a subprocess)."""
+    """Build one model through the registry and time forward + backward (run in a subprocess).
+
+    ``steps`` 0: a single forward + backward, for the peak-memory run.
+    """
     import torch
 
     from blagpt import BuildContext
@@ -147,13 +153,33 @@ def bench_one(raw_model: dict, batch: int, seq_len: int, steps: int, device: str
     base_rss = rss_mb()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    step()  # warm-up
-    t = best_time(step, steps, warmup=False)
+    step()  # warm-up (and the memory run's one step)
+    t = best_time(step, steps, warmup=False) if steps else float("nan")
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base_rss
     return {"params": n_params, "tokens_per_s": batch * seq_len / t, "step_s": t, "peak_mb": peak}
+
+
+def run_one(model_raw: dict, batch: int, seq_len: int, steps: int, device: str, threads: int | None,
+            memory_run: bool) -> dict:
+    cmd = [sys.executable, __file__, "--_one", json.dumps(model_raw), "--batch", str(batch),
+           "--seq-len", str(seq_len), "--steps", str(0 if memory_run else steps), "--device", device]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    env = dict(os.environ)
+    if memory_run:
+        # A fixed mmap threshold makes glibc hand every large tensor back to the OS when it is
+        # freed, so the peak resident memory tracks the live tensors; with the default (dynamic)
+        # threshold freed activations stay in the heap (recomputation then shows no saving). It
+        # also makes every large allocation a fresh mmap, which slows some models a lot: hence a
+        # separate run for memory, and timings from runs with the default allocator.
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode:
+        raise RuntimeError(out.stderr[-2000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def bench_models(batch: int, seq_len: int, steps: int, device: str, threads: int | None) -> None:
@@ -167,19 +193,13 @@ def bench_models(batch: int, seq_len: int, steps: int, device: str, threads: int
     ]
     results = {}
     for label, model_raw in runs:
-        cmd = [sys.executable, __file__, "--_one", json.dumps(model_raw), "--batch", str(batch),
-               "--seq-len", str(seq_len), "--steps", str(steps), "--device", device]
-        if threads:
-            cmd += ["--threads", str(threads)]
-        # A fixed mmap threshold makes glibc hand every large tensor back to the OS when freed;
-        # with its default (dynamic) threshold freed activations stay in the heap and the peak
-        # resident memory stops tracking the live tensors (recomputation then shows no saving).
-        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if out.returncode:
-            print(f"{label}: failed\n{out.stderr[-2000:]}")
+        try:
+            r = run_one(model_raw, batch, seq_len, steps, device, threads, memory_run=False)
+            if device == "cpu":
+                r["peak_mb"] = run_one(model_raw, batch, seq_len, steps, device, threads, memory_run=True)["peak_mb"]
+        except RuntimeError as e:
+            print(f"{label}: failed\n{e}")
             continue
-        r = json.loads(out.stdout.strip().splitlines()[-1])
         results[label] = r
         print(f"{label:30s} params {r['params'] / 1e6:7.1f}M   {r['tokens_per_s']:9.0f} tok/s   "
               f"step {r['step_s']:6.2f} s   peak memory {r['peak_mb']:8.0f} MiB")

@@ -178,7 +178,9 @@ class TimeMix(nn.Module):
 
         self.xi = nn.Parameter(torch.full((C,), 0.85))  # removal-key scale ("k_k")
         self.alpha = nn.Parameter(torch.ones(C))  # replacement-key lerp ("k_a")
-        self.rho = nn.Parameter(torch.zeros(self.n_heads, N))  # bonus weights ("r_k")
+        # Bonus weights ("r_k"), one per channel (viewed per head); 1-D so that blagpt's param
+        # groups leave it out of weight decay, as the paper's optimiser does.
+        self.rho = nn.Parameter(torch.zeros(C))
         self.ln_x = nn.GroupNorm(self.n_heads, C, eps=1e-5 * N)
 
         s = C**-0.5
@@ -236,7 +238,7 @@ class TimeMix(nn.Module):
             y, wkv_state = wkv7_fla(*args, state=wkv_state)
 
         y = self.ln_x(y.reshape(B * T, C)).view(B, T, C)
-        bonus = (heads(r) * heads(k) * self.rho).sum(-1, keepdim=True) * heads(v)
+        bonus = (heads(r) * heads(k) * self.rho.view(H, N)).sum(-1, keepdim=True) * heads(v)
         out = self.W_o((y + bonus.view(B, T, C)) * g)
         return out, v_first, (x[:, -1], wkv_state)
 

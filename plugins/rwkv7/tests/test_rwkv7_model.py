@@ -113,13 +113,21 @@ def test_causal_also_for_shorter_sequences(registry, fields):
 
 
 def test_chunked_model_equals_recurrent_model(registry):
-    model = randomise(build(registry, token_shift_lora=4))
+    """Whole model, kernel=chunked vs kernel=recurrent: logits and every parameter's gradient."""
+    model = randomise(build(registry, token_shift_lora=4, chunk_size=16))
     idx = torch.randint(0, 257, (2, 37), generator=torch.Generator().manual_seed(3))
-    out_chunked = model(idx)
-    for block in model.blocks:
-        block.att.kernel = "recurrent"
-    out_rec = model(idx)
-    assert ((out_chunked - out_rec).abs().max() / out_rec.abs().max()).item() < 1e-4
+    results = []
+    for kernel in ("chunked", "recurrent"):
+        for block in model.blocks:
+            block.att.kernel = kernel
+        model.zero_grad()
+        out = model(idx)
+        F.cross_entropy(out[:, :-1].flatten(0, 1), idx[:, 1:].flatten()).backward()
+        results.append((out, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (out_c, grads_c), (out_r, grads_r) = results
+    assert ((out_c - out_r).abs().max() / out_r.abs().max()).item() < 1e-4
+    for name, g in grads_r.items():
+        assert ((grads_c[name] - g).abs().max() / g.abs().max()).item() < 1e-4, name
 
 
 def test_recomputed_kernel_gives_the_same_gradients(registry):

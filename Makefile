@@ -34,11 +34,12 @@ train: setup
 	$(BIN)/blagpt runs --limit 3
 
 # Each test folder runs in its own pytest process: plugins are separate distributions whose test
-# modules may share names (test_model.py), as they would in their own repositories.
+# modules may share names (test_model.py), as they would in their own repositories. Two xdist
+# workers on two cores: one thread each (oversubscribed threads make tiny models 10x slower).
 test: setup-test
 	@failed=""; for d in tests $(PLUGIN_DIRS:%=%tests); do \
 	  echo "== $$d"; \
-	  BLAGPT_STRICT_PLUGINS=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS) $$d || failed="$$failed $$d"; \
+	  OMP_NUM_THREADS=1 BLAGPT_STRICT_PLUGINS=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS) $$d || failed="$$failed $$d"; \
 	done; \
 	if [ -n "$$failed" ]; then echo "FAILED in:$$failed"; exit 1; fi
 

@@ -121,3 +121,29 @@ def test_requirements_lists_plugin_distributions():
     out = run_cli(["plugins", "--requirements"], plugins=None, check=0).stdout.splitlines()
     assert "blagpt-plugin-tinylm==0.1.0" in out
     assert not any(line.startswith("blagpt==") for line in out)
+
+
+def test_adamw_param_groups_exempt_1d_embeddings_and_declared_names():
+    import torch.nn as nn
+
+    from blagpt import param_groups
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, 4)
+            self.lin = nn.Linear(4, 4)
+            self.lora = nn.Linear(4, 2, bias=False)
+            self.norm = nn.LayerNorm(4)
+
+        def no_weight_decay(self):
+            return {"lora.weight"}
+
+    m = M()
+    groups = param_groups(m, 0.1)
+    decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert decayed == {id(m.lin.weight)}
+    assert sum(len(g["params"]) for g in groups) == len(list(m.parameters()))
+    m.no_weight_decay = lambda: {"nope"}
+    with pytest.raises(ValueError, match="nope"):
+        param_groups(m, 0.1)

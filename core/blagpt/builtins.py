@@ -24,17 +24,24 @@ class AdamWConfig(OptimizerConfig):
 def param_groups(model, weight_decay: float) -> list[dict]:
     """Two groups: decay for parameters of 2 or more dims, none for 1-D ones and embeddings.
 
-    A parameter counts as an embedding when it belongs to an ``nn.Embedding`` module. Tied
-    weights are seen once (``named_parameters`` removes duplicates).
+    A parameter counts as an embedding when it belongs to an ``nn.Embedding`` module. A model may
+    exempt more parameters by a ``no_weight_decay()`` method returning their names (as in
+    ``named_parameters()``), e.g. low-rank projections its paper does not decay. Tied weights are
+    seen once (``named_parameters`` removes duplicates).
     """
     import torch.nn as nn
 
     embedding_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    exempt = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    names = {n for n, _ in model.named_parameters()}
+    unknown = exempt - names
+    if unknown:
+        raise ValueError(f"no_weight_decay() names parameters the model does not have: {sorted(unknown)[:5]}")
     decay, no_decay = [], []
-    for _, p in model.named_parameters():
+    for n, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (decay if p.dim() >= 2 and id(p) not in embedding_ids else no_decay).append(p)
+        (decay if p.dim() >= 2 and id(p) not in embedding_ids and n not in exempt else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
 

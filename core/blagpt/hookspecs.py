@@ -105,8 +105,9 @@ def build_optimizer(
         compile its own kernels should follow it).
     :return: a ``torch.optim.Optimizer``; every param group's ``lr`` is its peak learning rate,
         which the trainer's schedule multiplies each step. Param groups should exclude 1-D
-        parameters (norms, biases) and embeddings from weight decay unless the optimizer says
-        otherwise. ``None`` for names this plugin does not own.
+        parameters (norms, biases), embeddings and the names the model's optional
+        ``no_weight_decay()`` returns from weight decay (``blagpt.param_groups`` does this), unless
+        the optimizer says otherwise. ``None`` for names this plugin does not own.
 
     firstresult: the first non-``None`` result is used.
     """

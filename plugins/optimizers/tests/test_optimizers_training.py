@@ -29,6 +29,11 @@ from blagpt.data.prepare import embedded_dataset
 from blagpt.data.shards import read_shard
 from blagpt.plugins import get_registry
 
+# The development and CI machines share a few cores between many processes; one intra-op thread
+# avoids the spin-waiting that made a 40-step run ten times slower with two. (Set here, not in a
+# conftest.py: several plugins' conftest modules would collide in one pytest session.)
+torch.set_num_threads(1)
+
 OPTIMIZERS = ["soap", "ademamix", "adopt", "muon"]
 VOCAB, SEQ, BATCH, STEPS, WARMUP = 257, 64, 8, 40, 8
 

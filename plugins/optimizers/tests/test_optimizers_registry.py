@@ -11,6 +11,8 @@ from blagpt import BuildContext, ConfigError, OptimizerConfig
 from blagpt.config import resolve
 from blagpt.plugins import get_registry
 
+torch.set_num_threads(1)  # see test_optimizers_training.py
+
 OURS = ("soap", "ademamix", "adopt", "muon")
 
 

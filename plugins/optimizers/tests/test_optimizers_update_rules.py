@@ -16,6 +16,8 @@ import torch.nn as nn
 from blagpt import BuildContext
 from blagpt.plugins import get_registry
 
+torch.set_num_threads(1)  # see test_optimizers_training.py
+
 CTX = BuildContext(vocab_size=257, max_seq_len=8, tokenizer="bytes")
 
 

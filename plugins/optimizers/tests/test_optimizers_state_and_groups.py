@@ -12,7 +12,9 @@ import torch.nn as nn
 from blagpt import BuildContext
 from blagpt.plugins import get_registry
 
-from test_training import VOCAB, ZeroInitSandwichLM, corpus_batches, next_token_loss
+from test_optimizers_training import VOCAB, ZeroInitSandwichLM, corpus_batches, next_token_loss
+
+torch.set_num_threads(1)  # see test_optimizers_training.py
 
 OURS = ["soap", "ademamix", "adopt", "muon"]
 CTX = BuildContext(vocab_size=VOCAB, max_seq_len=64, tokenizer="bytes")

@@ -18,7 +18,8 @@ The heuristic, in order:
 4. **Other weights**: parameters of 3 or more dimensions; **vectors**: 1-D (and 0-d) parameters.
 
 Weight decay follows ``blagpt.param_groups``: hidden matrices, the head and other 2-D+ weights get
-``weight_decay``; embeddings and vectors get none.
+``weight_decay``; embeddings and vectors get none, nor do parameters the model names in a
+``no_weight_decay()`` method (e.g. low-rank projections its paper does not decay).
 """
 
 from __future__ import annotations
@@ -38,6 +39,15 @@ class ParamRoles:
     other_nd: list = field(default_factory=list)
     vector: list = field(default_factory=list)
     names: dict = field(default_factory=dict)  # id(param) -> (name, role), for logs and tests
+    exempt: set = field(default_factory=set)  # ids of parameters named by the model's no_weight_decay()
+
+    def decayed(self, *lists: list) -> list:
+        """The parameters of ``lists`` that take weight decay (not exempted by the model)."""
+        return [p for ps in lists for p in ps if id(p) not in self.exempt]
+
+    def exempted(self, *lists: list) -> list:
+        """The parameters of ``lists`` the model exempts from weight decay."""
+        return [p for ps in lists for p in ps if id(p) in self.exempt]
 
 
 def param_roles(model: nn.Module, vocab_size: int) -> ParamRoles:
@@ -45,6 +55,10 @@ def param_roles(model: nn.Module, vocab_size: int) -> ParamRoles:
     embeddings = [m for m in model.modules() if isinstance(m, nn.Embedding)]
     embedding_ids = {id(m.weight) for m in embeddings}
     vocab_sizes = {vocab_size} | {m.num_embeddings for m in embeddings if m.num_embeddings >= vocab_size}
+    exempt = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    unknown = exempt - {n for n, _ in model.named_parameters()}
+    if unknown:
+        raise ValueError(f"no_weight_decay() names parameters the model does not have: {sorted(unknown)[:5]}")
     out = ParamRoles()
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -61,4 +75,6 @@ def param_roles(model: nn.Module, vocab_size: int) -> ParamRoles:
             role = "vector"
         getattr(out, role).append(p)
         out.names[id(p)] = (name, role)
+        if name in exempt:
+            out.exempt.add(id(p))
     return out

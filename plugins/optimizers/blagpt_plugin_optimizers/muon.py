@@ -102,11 +102,13 @@ def build(model, config: MuonConfig, ctx: BuildContext):
         (lambda p: id(p) in hidden_ids, (momentum, _orthogonalize_transform())),
         default=C.scale_by_adam,
     )
+    muon = {"lr": config.lr, "betas": (config.momentum, config.beta2)}
     adam = {"lr": config.adam_lr, "betas": (config.beta1, config.beta2)}
     groups = [
-        {"params": roles.hidden, "lr": config.lr, "betas": (config.momentum, config.beta2), "weight_decay": config.weight_decay},
-        {"params": roles.head + roles.other_nd, **adam, "weight_decay": config.weight_decay},
-        {"params": roles.embedding + roles.vector, **adam, "weight_decay": 0.0},
+        {"params": roles.decayed(roles.hidden), **muon, "weight_decay": config.weight_decay},
+        {"params": roles.exempted(roles.hidden), **muon, "weight_decay": 0.0},
+        {"params": roles.decayed(roles.head, roles.other_nd), **adam, "weight_decay": config.weight_decay},
+        {"params": roles.embedding + roles.vector + roles.exempted(roles.head, roles.other_nd), **adam, "weight_decay": 0.0},
     ]
     defaults = {
         "lr": config.lr,

@@ -64,9 +64,10 @@ def build(model, config: SoapConfig, ctx: BuildContext):
     roles = param_roles(model, ctx.vocab_size)
     unrotated = {"max_precond_dim": 0}  # every dimension exceeds it: Adam in the standard basis
     groups = [
-        {"params": roles.hidden + roles.other_nd, "weight_decay": config.weight_decay},
-        {"params": roles.head, "weight_decay": config.weight_decay, **unrotated},
-        {"params": roles.embedding + roles.vector, "weight_decay": 0.0, **unrotated},
+        {"params": roles.decayed(roles.hidden, roles.other_nd), "weight_decay": config.weight_decay},
+        {"params": roles.exempted(roles.hidden, roles.other_nd), "weight_decay": 0.0},
+        {"params": roles.decayed(roles.head), "weight_decay": config.weight_decay, **unrotated},
+        {"params": roles.embedding + roles.vector + roles.exempted(roles.head), "weight_decay": 0.0, **unrotated},
     ]
     return heavyball.SOAP(
         [g for g in groups if g["params"]],

@@ -189,3 +189,22 @@ def test_core_trainer_resume_matches_the_uninterrupted_run(name, tmp_path):
     for step in (5, 6, 7, 8):
         assert rest_losses[step] == straight_losses[step], f"{name}: step {step} differs after resuming"
     assert rest.final["val/loss"] == straight.final["val/loss"]
+
+
+class DeclaresNoDecay(ZeroInitSandwichLM):
+    """A model that exempts one hidden matrix from weight decay, as ``blagpt.param_groups`` allows."""
+
+    def no_weight_decay(self):
+        return {"blocks.0.fc.weight"}
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_model_declared_no_weight_decay_is_honoured(name):
+    model = DeclaresNoDecay()
+    roles = roles_of(model, build(name, model, weight_decay=0.1))
+    assert roles["blocks.0.fc.weight"][1] == 0.0
+    assert roles["blocks.0.qkv.weight"][1] == 0.1
+    if name == "muon":  # still orthogonalised: same lr as the other hidden matrices
+        opt = build(name, model, weight_decay=0.1)
+        lrs = {n: opt.param_groups[i]["lr"] for n, (i, _) in roles_of(model, opt).items()}
+        assert lrs["blocks.0.fc.weight"] == lrs["blocks.0.qkv.weight"] == 0.02

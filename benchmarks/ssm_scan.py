@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -137,23 +136,24 @@ def model_worker(which: str, batch: int, seq_len: int, steps: int) -> None:
         logits = model(idx[:, :-1])
         F.cross_entropy(logits.flatten(0, 1).float(), idx[:, 1:].flatten()).backward()
 
-    rss_built = _rss_now_kb()
+    rss_built = _status_kb("VmRSS")
     step()  # warm-up
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
     dt = (time.perf_counter() - t0) / steps
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux
+    peak = _status_kb("VmHWM")  # this process's peak RSS (ru_maxrss would carry the parent's over exec)
     print(json.dumps({
         "model": which, "note": note, "params": params, "tokens_per_s": batch * seq_len / dt,
         "step_s": dt, "peak_rss_mb": peak / 1024, "peak_over_built_mb": (peak - rss_built) / 1024,
     }))
 
 
-def _rss_now_kb() -> int:
+def _status_kb(field: str) -> int:
+    """A memory field of /proc/self/status (Linux), in kB."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
 

@@ -291,8 +291,19 @@ def _warn_broken(reg) -> None:
         click.echo(f"warning: {msg}", err=True)
 
 
+def _setup_logging() -> None:
+    """Plugins' and the core's INFO lines (loggers named ``blagpt*``) on stderr; others from WARNING."""
+    import logging
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    handler.addFilter(lambda r: r.name.startswith("blagpt") or r.levelno >= logging.WARNING)
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and a non-zero exit, not a traceback."""
+    _setup_logging()
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:

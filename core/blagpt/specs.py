@@ -112,6 +112,8 @@ class BuildContext:
         compile: whether the run asked for torch.compile (``train.compile``); optimizers use it
             to decide whether to compile their own kernels.
         device: the ``torch.device`` string the run trains on.
+        total_steps: optimizer steps the run will take (for optimizers whose schedules span the
+            run, e.g. AdEMAMix's warmups); ``None`` outside a training run.
     """
 
     vocab_size: int
@@ -119,6 +121,7 @@ class BuildContext:
     tokenizer: str
     compile: bool = False
     device: str = "cpu"
+    total_steps: int | None = None
 
 
 @dataclass

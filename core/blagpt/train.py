@@ -269,7 +269,7 @@ def train(
     val_rows = val_sequences(val_stream, t.seq_len, t.eval_tokens, d.rank, d.world, token_bytes, t.eval_bytes)
 
     # model and optimizer
-    ctx = BuildContext(tokenizer.vocab_size, t.seq_len, tok_name, t.compile, str(d.device))
+    ctx = BuildContext(tokenizer.vocab_size, t.seq_len, tok_name, t.compile, str(d.device), total_steps=steps)
     torch.manual_seed(t.seed)
     model = registry.build_model(cfg.model, ctx).to(d.device)
     optimizer = registry.build_optimizer(model, cfg.optimizer, ctx)

@@ -25,6 +25,8 @@ runs. With alpha = 5, an lr at the edge of stability for AdamW may be too large 
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 from pydantic import Field
 
 from blagpt import BuildContext, OptimizerConfig, param_groups
@@ -39,13 +41,15 @@ class AdEMAMixConfig(OptimizerConfig):
     beta2: float = Field(default=0.999, ge=0, lt=1, description="Second-moment decay.")
     beta3: float = Field(default=0.9999, ge=0, lt=1, description="Slow EMA decay reached after `beta3_warmup` steps.")
     alpha: float = Field(default=5.0, ge=0, description="Weight of the slow EMA, reached after `alpha_warmup` steps.")
-    alpha_warmup: int | None = Field(
-        default=2000, gt=0, description="Steps of alpha's linear warmup from 0 (paper: the run's length); null: none."
+    alpha_warmup: Literal["run"] | Annotated[int, Field(gt=0)] | None = Field(
+        default="run",
+        description="Steps of alpha's linear warmup from 0; `run`: the run's length, as in the paper "
+        "(2000 outside a training run); null: none.",
     )
-    beta3_warmup: int | None = Field(
-        default=2000,
-        gt=0,
-        description="Steps of beta3's half-life-linear warmup from beta1 (paper: the run's length); null: none.",
+    beta3_warmup: Literal["run"] | Annotated[int, Field(gt=0)] | None = Field(
+        default="run",
+        description="Steps of beta3's half-life-linear warmup from beta1; `run`: the run's length, as in the "
+        "paper (2000 outside a training run); null: none.",
     )
     eps: float = Field(default=1e-8, gt=0, description="Denominator floor.")
 
@@ -60,7 +64,13 @@ def build(model, config: AdEMAMixConfig, ctx: BuildContext):
         eps=config.eps,
         weight_decay=config.weight_decay,
         alpha=config.alpha,
-        alpha_warmup=config.alpha_warmup,
-        beta3_warmup=config.beta3_warmup,
+        alpha_warmup=_steps(config.alpha_warmup, ctx),
+        beta3_warmup=_steps(config.beta3_warmup, ctx),
         warmup_steps=0,  # the trainer's schedule does the warmup
     )
+
+
+def _steps(warmup, ctx: BuildContext):
+    if warmup == "run":
+        return ctx.total_steps or 2000
+    return warmup

@@ -191,7 +191,7 @@ class Mamba2State:
     """A Mamba-2 layer's recurrent state, constant in size.
 
     Attributes:
-        conv: (b, conv_dim, d_conv - 1) the last inputs of the causal convolution.
+        conv: (b, d_conv - 1, conv_dim) the last inputs of the causal convolution.
         ssm: (b, H, P, N) fp32 SSM state.
     """
 
@@ -311,23 +311,32 @@ class Mamba2(nn.Module):
         device = device or self.in_proj.weight.device
         dtype = dtype or self.in_proj.weight.dtype
         return Mamba2State(
-            conv=torch.zeros(batch_size, self.conv_dim, self.d_conv - 1, device=device, dtype=dtype),
+            conv=torch.zeros(batch_size, self.d_conv - 1, self.conv_dim, device=device, dtype=dtype),
             ssm=torch.zeros(batch_size, self.n_heads, self.head_dim, self.d_state, device=device, dtype=torch.float32),
         )
 
     def _conv(self, xbc: torch.Tensor, state: Mamba2State | None) -> torch.Tensor:
-        """Causal depthwise conv + SiLU over (b, T, conv_dim); updates ``state.conv``."""
-        u = xbc.transpose(1, 2)  # (b, conv_dim, T)
+        """Causal depthwise conv + SiLU over (b, T, conv_dim); updates ``state.conv``.
+
+        Computed time-major as ``bias + sum_k w_k * in_{t-K+1+k}`` (K shifted multiply-adds), the
+        same as ``self.conv1d`` over the left-padded sequence, without transposing to and from
+        the channels-first layout."""
         if self.kernel == "fused" and state is None:
             from causal_conv1d import causal_conv1d_fn
 
             w = self.conv1d.weight.squeeze(1)
-            return causal_conv1d_fn(u.contiguous(), w, self.conv1d.bias, activation="silu").transpose(1, 2)
-        past = state.conv if state is not None else u.new_zeros(u.size(0), self.conv_dim, self.d_conv - 1)
-        u = torch.cat([past.to(u.dtype), u], dim=-1)
+            u = xbc.transpose(1, 2).contiguous()
+            return causal_conv1d_fn(u, w, self.conv1d.bias, activation="silu").transpose(1, 2)
+        K, T = self.d_conv, xbc.size(1)
+        past = state.conv if state is not None else xbc.new_zeros(xbc.size(0), K - 1, self.conv_dim)
+        u = torch.cat([past.to(xbc.dtype), xbc], dim=1)  # (b, K-1+T, conv_dim)
         if state is not None:
-            state.conv = u[..., u.size(-1) - (self.d_conv - 1) :].detach()
-        return F.silu(self.conv1d(u)).transpose(1, 2)
+            state.conv = u[:, u.size(1) - (K - 1) :].detach()
+        w = self.conv1d.weight.squeeze(1).t()  # (K, conv_dim)
+        out = torch.addcmul(self.conv1d.bias, u[:, :T], w[0])
+        for k in range(1, K):
+            out = torch.addcmul(out, u[:, k : k + T], w[k])
+        return F.silu(out)
 
     def _ssd(self, x, dt, B, C, state: Mamba2State | None, reference: bool) -> torch.Tensor:
         A = -torch.exp(self.A_log.to(_state_dtype(x)))

@@ -94,6 +94,15 @@ def test_layer_chunked_equals_reference_with_gradients(T):
         assert rel_err(g1, g2) < 1e-4
 
 
+def test_time_major_conv_equals_conv1d():
+    import torch.nn.functional as F
+
+    layer = make_layer(seed=4)
+    xbc = torch.randn(2, 11, layer.conv_dim, generator=torch.Generator().manual_seed(11))
+    want = F.silu(layer.conv1d(F.pad(xbc.transpose(1, 2), (layer.d_conv - 1, 0)))).transpose(1, 2)
+    torch.testing.assert_close(layer._conv(xbc, None), want)
+
+
 def test_layer_state_continues_a_sequence():
     """Prefill (chunked, with state out), then single steps (recurrence), equal the whole pass."""
     layer = make_layer(seed=1)
@@ -104,7 +113,7 @@ def test_layer_state_continues_a_sequence():
         parts = [layer(u[:, :11], state), layer(u[:, 11:20], state)]
         parts += [layer.step(u[:, t], state).unsqueeze(1) for t in range(20, 30)]
     assert rel_err(torch.cat(parts, 1), whole) < 1e-5
-    assert state.conv.shape == (2, layer.conv_dim, 3) and state.ssm.shape == (2, layer.n_heads, 8, 16)
+    assert state.conv.shape == (2, 3, layer.conv_dim) and state.ssm.shape == (2, layer.n_heads, 8, 16)
 
 
 def test_fused_kernel_is_a_clear_error_without_its_packages():

@@ -394,17 +394,22 @@ def flex_softcap_attention(q, k, v, cap: float) -> torch.Tensor:
     def softcap(score, b, h, q_idx, kv_idx):
         return cap * torch.tanh(score / cap)
 
+    def causal(b, h, q_idx, kv_idx):
+        return q_idx >= kv_idx
+
+    gqa = k.shape[1] != q.shape[1]
+    if torch.compiler.is_compiling():  # inside a compiled model: Dynamo fuses flex_attention itself
+        mask = create_block_mask(causal, None, None, T, T, device=dev)
+        return FLEX(q, k, v, score_mod=softcap, block_mask=mask, enable_gqa=gqa)
     key = (T, str(dev))
     if key not in _BLOCK_MASKS:
-        _BLOCK_MASKS[key] = create_block_mask(
-            lambda b, h, q_idx, kv_idx: q_idx >= kv_idx, None, None, T, T, device=dev
-        )
+        _BLOCK_MASKS[key] = create_block_mask(causal, None, None, T, T, device=dev)
     fn = FLEX
-    if q.is_cuda:
+    if q.is_cuda:  # eager model: compile the kernel alone, or flex_attention would run unfused
         if _FLEX_COMPILED is None:
             _FLEX_COMPILED = torch.compile(FLEX, dynamic=False)
         fn = _FLEX_COMPILED
-    return fn(q, k, v, score_mod=softcap, block_mask=_BLOCK_MASKS[key], enable_gqa=k.shape[1] != q.shape[1])
+    return fn(q, k, v, score_mod=softcap, block_mask=_BLOCK_MASKS[key], enable_gqa=gqa)
 
 
 class MLP(nn.Module):

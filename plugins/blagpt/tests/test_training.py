@@ -171,7 +171,7 @@ def test_growth_changes_outputs_without_zero_keys():
 
 @pytest.mark.slow
 def test_torch_compile_default_preset_matches_eager():
-    model = build("blagpt+tiny", n_predict=2)
+    model = build("blagpt+tiny")
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)

@@ -98,14 +98,10 @@ def build_model(name, config, ctx):
 
 @hookimpl
 def compute_loss(name, model, batch, config):
-    """Weighted mean of the heads' mean NLLs; ``nll`` (validation, bpb) is the next-token head's."""
+    """Weighted mean of the heads' mean NLLs (computed by the model, so it compiles with it);
+    ``nll`` (validation loss, bpb) is the next-token head's, each head's mean NLL is a metric."""
     if name != NAME:
         return None
-    nlls = model(batch.inputs, targets=batch.targets)
-    means = [n.mean() for n in nlls]
-    if len(means) == 1:
-        return LossOutput(loss=means[0], nll=nlls[0])
-    weights = config.mtp_weights or [1.0] * len(means)
-    loss = sum(w / sum(weights) * m for w, m in zip(weights, means))
-    metrics = {f"loss_head{i}": m.detach() for i, m in enumerate(means)}
+    loss, nlls = model(batch.inputs, targets=batch.targets)
+    metrics = {f"loss_head{i}": n.mean() for i, n in enumerate(nlls)} if len(nlls) > 1 else {}
     return LossOutput(loss=loss, nll=nlls[0], metrics=metrics)

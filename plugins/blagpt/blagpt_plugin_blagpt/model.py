@@ -472,9 +472,11 @@ class Block(nn.Module):
 class BlaGPT(nn.Module):
     """Token embedding -> (learned positions) -> n_layers blocks -> final norm -> (tied) head.
 
-    ``forward(idx)`` returns the next-token logits (B, T, V); ``forward(idx, targets)`` returns a
-    tuple of per-head next-token NLLs, head i of shape (B, T - i), predicting ``targets[:, t + i]``
-    (the token t+1+i of the input) from position t.
+    ``forward(idx)`` returns the next-token logits (B, T, V). ``forward(idx, targets)`` returns
+    ``(loss, nlls)``: ``nlls`` holds each head's NLL, head i of shape (B, T - i) scored against
+    ``targets[:, t + i]`` (token t+1+i) from position t, detached; ``loss`` is the weighted mean of
+    the heads' mean NLLs (``mtp_weights``), computed here so a compiled model fuses it with the
+    cross-entropy.
     """
 
     def __init__(self, cfg: BlaGPTConfig, vocab_size: int, max_seq_len: int) -> None:
@@ -548,13 +550,17 @@ class BlaGPT(nn.Module):
                 return [self.logits(h) for h in self.heads(x)]
             return self.logits(x)
         T = idx.shape[1]
-        nlls = []
+        nlls, means = [], []
         for i, h in enumerate(self.heads(x)):
             z = self.logits(h[:, : T - i])
             y = targets[:, i:]
-            nll = F.cross_entropy(z.float().flatten(0, 1), y.flatten(), reduction="none")
-            nlls.append(nll.view_as(y))
-        return tuple(nlls)
+            nll = F.cross_entropy(z.float().flatten(0, 1), y.flatten(), reduction="none").view_as(y)
+            nlls.append(nll.detach())
+            means.append(nll.mean())
+        if len(means) == 1:
+            return means[0], tuple(nlls)
+        w = self.cfg.mtp_weights or [1.0] * len(means)
+        return sum(wi / sum(w) * m for wi, m in zip(w, means)), tuple(nlls)
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token: 6 x (matmul weights used per token) + 12 L T d for attention.

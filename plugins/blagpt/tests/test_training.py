@@ -95,15 +95,16 @@ def test_mtp_losses_are_each_heads_cross_entropy_at_its_offset():
             p.add_(torch.randn_like(p) * 0.05)
     tokens = torch.randint(0, BYTES_VOCAB, (2, SEQ + 1))
     with torch.no_grad():
-        nlls = model(tokens[:, :-1], targets=tokens[:, 1:])
+        loss, nlls = model(tokens[:, :-1], targets=tokens[:, 1:])
         logits = model(tokens[:, :-1], all_heads=True)
     for i, (nll, z) in enumerate(zip(nlls, logits)):
         assert nll.shape == (2, SEQ - i)
         ref = torch.nn.functional.cross_entropy(z[:, : SEQ - i].transpose(1, 2), tokens[:, 1 + i :], reduction="none")
         assert torch.allclose(nll, ref, atol=1e-5)
+    assert torch.allclose(loss, sum(n.mean() for n in nlls) / 3)
     out = compute_loss("blagpt", model, Batch(tokens), model.cfg)
-    assert torch.equal(out.nll, nlls[0])
-    assert torch.allclose(out.loss, sum(n.mean() for n in nlls) / 3)
+    assert torch.equal(out.nll, nlls[0]) and torch.equal(out.loss, loss)
+    assert [out.metrics[f"loss_head{i}"] for i in range(3)] == [n.mean() for n in nlls]
 
 
 # -- Tokenformer growth ---------------------------------------------------------------------

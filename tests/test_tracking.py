@@ -46,6 +46,12 @@ class Server:
                 break
         raise RuntimeError(f"mlflow server did not start; see {log.name}")
 
+    def kill(self) -> None:
+        """Crash it: SIGKILL to the whole process group, no graceful shutdown."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
@@ -163,7 +169,7 @@ def test_server_killed_during_a_run(workdir, tmp_path_factory):
                 break
             time.sleep(0.5)
         assert train.poll() is None, "training finished before the server could be killed"
-        srv.stop()
+        srv.kill()
         out, _ = train.communicate(timeout=600)
     finally:
         if train.poll() is None:

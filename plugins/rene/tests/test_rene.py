@@ -12,6 +12,9 @@ from blagpt.plugins import Registry
 from blagpt_plugin_rene import ReneConfig, ReneLM, SlidingWindowAttention, WindowCache
 from blagpt_plugin_ssm import Mamba2, testing
 
+# The models under test are tiny: one thread avoids synchronisation stalls on a shared machine.
+torch.set_num_threads(1)
+
 VOCAB = 257
 MAX_T = 24  # three times the tiny preset's window of 8
 

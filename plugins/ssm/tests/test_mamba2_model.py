@@ -13,6 +13,9 @@ from blagpt.plugins import Registry
 from blagpt_plugin_ssm import testing
 from blagpt_plugin_ssm.config import Mamba2Config
 
+# The models under test are tiny: one thread avoids synchronisation stalls on a shared machine.
+torch.set_num_threads(1)
+
 VOCAB = 257  # the bytes tokenizer keeps these tests fast
 MAX_T = 24
 

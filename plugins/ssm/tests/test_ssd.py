@@ -7,6 +7,9 @@ import torch
 
 from blagpt_plugin_ssm import Mamba2, segsum, ssd_chunked, ssd_recurrent
 
+# The models under test are tiny: one thread avoids synchronisation stalls on a shared machine.
+torch.set_num_threads(1)
+
 
 def random_ssd_inputs(T: int, b=2, H=4, P=8, G=2, N=16, dtype=torch.float32, seed=0, dt_scale=0.5):
     g = torch.Generator().manual_seed(seed)

@@ -13,6 +13,9 @@ from blagpt.plugins import Registry
 from blagpt_plugin_ssm import testing
 from blagpt_plugin_zamba2 import Zamba2Config, Zamba2LM
 
+# The models under test are tiny: one thread avoids synchronisation stalls on a shared machine.
+torch.set_num_threads(1)
+
 VOCAB = 257
 MAX_T = 24
 

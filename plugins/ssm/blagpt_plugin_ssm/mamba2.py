@@ -14,9 +14,10 @@ Two ways of computing it live here, and the tests hold them equal:
 * :func:`ssd_chunked`, the training path (the paper's Listing 1, section 7): split the sequence
   into chunks of Q tokens; inside a chunk the output is a masked (Q x Q) "attention" C B^T weighted
   by the cumulated decays; between chunks only the (P x N) states are passed on, through a short
-  recurrence over chunk boundaries. Decays are kept as log decays (``dt * A <= 0``) and every
-  product of decays is formed as ``exp`` of a *segment sum* of log decays, so nothing overflows,
-  whatever the sequence length, in fp32 or bf16.
+  recurrence over chunk boundaries. Decays are kept as log decays (``dt * A <= 0``): within a
+  chunk every product of decays is ``exp`` of a *segment sum* of log decays, and between chunks
+  each chunk's total decay (at most 1) scales the carried fp32 state, so nothing overflows or
+  cancels, whatever the sequence length, in fp32 or bf16.
 * :func:`ssd_step` / :func:`ssd_recurrent`, the reference: one token at a time with a constant-size
   state, also what generation uses.
 

@@ -36,7 +36,7 @@ def main() -> None:
     t0 = time.perf_counter()
     res = train(cfg, registry=reg, echo=lambda *x: None)
     wall = time.perf_counter() - t0
-    tps_trainer = res.history[-1]["train/tokens_per_s"]
+    tps_trainer = [h for h in res.history if "train/tokens_per_s" in h][-1]["train/tokens_per_s"]
 
     # the same work in a bare loop
     from blagpt.data.loader import Layout, TokenStream, TrainLoader

@@ -121,3 +121,19 @@ def test_two_gloo_ranks_resume_exactly_and_match_one_process(workdir, reg):
     one = losses(single.history)
     for step, value in full.items():
         assert value == pytest.approx(one[step], rel=1e-4, abs=1e-5)
+
+
+def test_init_from_loads_weights_with_a_fresh_optimizer(workdir, reg):
+    first = train(cfg_of(reg, "train.steps=6", "train.eval_interval=0", "tracking.run_name=src"), registry=reg, echo=lambda *a: None)
+    again = train(cfg_of(reg, "train.steps=6", "train.eval_interval=0", "tracking.run_name=dst", "train.init_from=runs/src"),
+                  registry=reg, echo=lambda *a: None)
+    fresh = train(cfg_of(reg, "train.steps=6", "train.eval_interval=0", "tracking.run_name=fresh"), registry=reg, echo=lambda *a: None)
+    assert again.step == 6 and again.history[0]["step"] == 2  # counted from step 0
+    assert again.history[0]["train/loss"] < fresh.history[0]["train/loss"] - 0.05  # started from trained weights
+    torch.save(ckpt.load(first.run_dir / "checkpoint.pt")["model"], workdir / "weights.pt")
+    also = train(cfg_of(reg, "train.steps=2", "train.eval_interval=0", "tracking.run_name=sd", "train.init_from=weights.pt"),
+                 registry=reg, echo=lambda *a: None)
+    assert also.history[0]["train/loss"] == again.history[0]["train/loss"]
+    with pytest.raises(Exception, match="train.init_from: .*weights do not fit model 'tinylm'"):
+        train(cfg_of(reg, "train.steps=2", "model.d_model=64", "tracking.run_name=bad", "train.init_from=weights.pt"),
+              registry=reg, echo=lambda *a: None)

@@ -56,3 +56,21 @@ def load(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise BlagptError(f"{path}: not a blagpt checkpoint of format {FORMAT}")
     return state
+
+
+def load_weights(ref: str | Path) -> dict[str, Any]:
+    """Model weights for ``train.init_from``: a run folder, a blagpt checkpoint, or a state dict."""
+    path = Path(ref)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.is_file():
+        raise BlagptError(f"train.init_from: {path}: no such checkpoint or state-dict file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise BlagptError(f"train.init_from: {path}: cannot load weights-only ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+    if isinstance(state, dict) and state.get("format") == FORMAT and "model" in state:
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BlagptError(f"train.init_from: {path}: expected a blagpt checkpoint or a dict of tensors")
+    return state

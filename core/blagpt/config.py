@@ -83,6 +83,11 @@ class TrainConfig(_Section):
     )
     checkpoint_interval: int = Field(default=0, ge=0, description="Checkpoint every N steps; 0: only at the end.")
     log_interval: int = Field(default=10, gt=0, description="Log training metrics every N steps.")
+    init_from: str | None = Field(
+        default=None,
+        description="Start from these model weights (a run folder, its checkpoint.pt, or a saved state dict), "
+        "loaded weights-only, with a fresh optimizer at step 0; e.g. after growing a model.",
+    )
     device: str = Field(default="auto", description="`auto`, `cpu`, `cuda` or `cuda:N`.")
     out_dir: str = Field(default="runs", description="Folder of run folders (checkpoints, local metrics).")
 

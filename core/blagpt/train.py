@@ -287,6 +287,13 @@ def train(
             say(f"warning: checkpoint has RNG states of {len(rngs)} ranks, this run has {d.world}; dropout draws will differ")
             torch.manual_seed(t.seed + start + d.rank)
     else:
+        if t.init_from is not None:
+            try:
+                model.load_state_dict(ckpt.load_weights(t.init_from))
+            except RuntimeError as e:
+                first = next((ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()), str(e))
+                raise BlagptError(f"train.init_from: {t.init_from}: weights do not fit model {cfg.model.name!r}: {first}") from None
+            say(f"initialised model weights from {t.init_from}")
         torch.manual_seed(t.seed + d.rank)  # distinct dropout per rank, same weights (built above)
     n_params = sum(p.numel() for p in model.parameters())
     fpt = model.flops_per_token(t.seq_len) if hasattr(model, "flops_per_token") else None
@@ -416,9 +423,13 @@ def train(
                 optimizer.zero_grad(set_to_none=True)
                 loader.advance()
                 done = step + 1
-                window_time += time.perf_counter() - step_t0  # the loss read above synced the device
-                window_tokens += layout.global_batch * t.seq_len
-                window_steps += 1
+                # The loss read above synced the device. A process's first step (lazy imports,
+                # allocator and kernel warm-up) is left out of throughput unless it is all there is.
+                step_time = time.perf_counter() - step_t0
+                if done > start + 1 or done % t.log_interval == 0 or done == steps:
+                    window_time += step_time
+                    window_tokens += layout.global_batch * t.seq_len
+                    window_steps += 1
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss_val:.4f}")

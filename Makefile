@@ -8,7 +8,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 PLUGIN_DIRS := $(sort $(dir $(wildcard plugins/*/pyproject.toml)))
-TRAIN_ARGS ?= --model blagpt --set model.preset=blagpt+mini --set train.steps=200 --set train.eval_interval=50
+TRAIN_ARGS ?= --model blagpt --set model.preset=blagpt+mini --set train.steps=150 --set train.eval_interval=50
 PYTEST_ARGS ?= -n 2 --dist loadfile
 
 .PHONY: setup setup-test train test bench clean

@@ -158,7 +158,7 @@ def test_server_killed_during_a_run(workdir, tmp_path_factory):
     srv = Server(tmp_path_factory.mktemp("mlflow-killed")).start()
     env = {**os.environ, "BLAGPT_LOAD_PLUGINS": "tinylm"}
     cmd = [sys.executable, "-m", "blagpt", "train", "--tracking-uri", srv.uri,
-           *sets("train.steps=400", "train.eval_interval=100", "tracking.run_name=killed", "tracking.timeout_s=2")]
+           *sets("train.steps=60", "model.delay_s=0.1", "train.eval_interval=20", "tracking.run_name=killed", "tracking.timeout_s=2")]
     train = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 240

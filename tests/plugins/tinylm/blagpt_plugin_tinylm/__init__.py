@@ -6,6 +6,8 @@ README's first run have a model before any architecture plugin is installed.
 
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -20,6 +22,9 @@ class TinyLMConfig(ModelConfig):
     n_layers: int = Field(default=2, gt=0, description="Transformer blocks.")
     n_heads: int = Field(default=4, gt=0, description="Attention heads (must divide d_model).")
     dropout: float = Field(default=0.0, ge=0, lt=1, description="Dropout after attention and MLP.")
+    delay_s: float = Field(
+        default=0.0, ge=0, description="Test hook: training-mode forwards sleep this long (to make a run last)."
+    )
     nan_after: int | None = Field(
         default=None, ge=0, description="Test hook: training-mode forwards return NaN after this many calls."
     )
@@ -70,6 +75,8 @@ class TinyLM(nn.Module):
         for block in self.blocks:
             x = block(x)
         logits = self.head(self.ln_f(x))
+        if self.training and self.cfg.delay_s:
+            time.sleep(self.cfg.delay_s)
         if self.training and self.cfg.nan_after is not None:
             self.calls += 1
             if self.calls > self.cfg.nan_after:

@@ -338,6 +338,15 @@ class RWKV7(nn.Module):
             logits, state = self.forward_with_state(nxt, state)
         return torch.cat(out, dim=1)
 
+    def no_weight_decay(self) -> set[str]:
+        """The low-rank factors (``A_*``, ``B_*``, ``shift_A``/``shift_B``) take no weight decay.
+
+        The paper's training code decays only the full ``.weight`` matrices; the core's
+        ``param_groups`` (and the optimizers plugin) honour this list.
+        """
+        lora = ("A_", "B_", "shift_A", "shift_B")
+        return {n for n, _ in self.named_parameters() if n.rsplit(".", 1)[-1].startswith(lora)}
+
     def flops_per_token(self, seq_len: int) -> float:
         """Forward + backward FLOPs per token (estimate).
 

@@ -13,6 +13,7 @@ from blagpt import BuildContext, ConfigError
 from blagpt.config import resolve
 from blagpt.plugins import Registry
 
+from blagpt_plugin_rwkv7 import PRESETS
 from blagpt_plugin_rwkv7.model import RWKV7, RWKV7Config
 
 
@@ -230,3 +231,16 @@ def test_loss_falls_on_embedded_corpus(registry):
     first, last = np.mean(losses[:5]), np.mean(losses[-5:])
     print(f"loss {first:.3f} -> {last:.3f}")
     assert last < first - 1.0, (first, last)
+
+
+def test_low_rank_factors_take_no_weight_decay():
+    from blagpt import param_groups
+
+    torch.manual_seed(0)
+    model = RWKV7(RWKV7Config(**PRESETS["tiny"], token_shift_lora=2), 257, 64)
+    decayed = {id(p) for g in param_groups(model, 0.1) if g["weight_decay"] > 0 for p in g["params"]}
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed_names = {names[i] for i in decayed}
+    assert decayed_names and all(n.endswith(".weight") for n in decayed_names)
+    assert any(n.endswith("A_w") for n in model.no_weight_decay())
+    assert any(n.endswith("shift_B") for n in model.no_weight_decay())

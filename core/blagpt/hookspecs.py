@@ -50,6 +50,10 @@ def register_models(register: Callable[["ModelSpec"], None]) -> None:
         (name, pydantic config class, one-line description, tokenizers, presets).
         Registering a name another plugin already registered is an error naming both
         distributions.
+    :return: nothing (the return value is ignored).
+
+    Not firstresult: every plugin's implementation is called, each in isolation (one that raises
+    is reported by ``blagpt plugins`` and left out; the others still register).
 
     Example::
 
@@ -65,6 +69,9 @@ def register_optimizers(register: Callable[["OptimizerSpec"], None]) -> None:
 
     :param register: call it once per optimizer with a :class:`blagpt.OptimizerSpec`
         (name, pydantic config class, one-line description).
+    :return: nothing (the return value is ignored).
+
+    Not firstresult: every plugin's implementation is called, each in isolation.
 
     Example::
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from blagpt.data.loader import Layout, TokenStream, TrainLoader, val_sequences
+from blagpt.data.loader import Layout, TokenStream, TrainLoader, val_slice
 from blagpt.data.prepare import embedded_documents, prepare, split_text
 from blagpt.data.shards import HEADER_BYTES, read_shard, write_shard
 from blagpt.data.tokenizers import get_tokenizer
@@ -162,11 +163,30 @@ def test_loader_position_resumes_and_epochs_reshuffle(tmp_path):
     assert len(set(sum(first_epoch, ()))) == len(sum(first_epoch, ()))  # no repeats inside an epoch
 
 
-def test_validation_slice_by_bytes_and_by_ranks(tmp_path):
+def test_validation_slice_predicts_every_token_and_splits_by_rank(tmp_path):
     s = _stream(tmp_path)
-    tb = np.ones(65536, dtype=np.int64)
-    all_rows = val_sequences(s, 16, 320, 0, 1)
-    assert all_rows.shape == (20, 17)
-    r0, r1 = val_sequences(s, 16, 320, 0, 2), val_sequences(s, 16, 320, 1, 2)
-    assert (r0 == all_rows[0::2]).all() and (r1 == all_rows[1::2]).all()
-    assert val_sequences(s, 16, 10**9, 0, 1, tb, max_bytes=160).shape == (10, 17)
+    tok = get_tokenizer("bytes")
+    whole = val_slice(s, 16, 0, 1, tok, max_tokens=330)
+    assert whole.rows.shape == (21, 17) and int(whole.valid.sum()) == 330
+    assert whole.valid.tolist() == [16] * 20 + [10]
+    assert whole.rows[-1, :11].tolist() == list(range(320, 331)) and (whole.rows[-1, 11:] == tok.eot).all()
+    r0, r1 = val_slice(s, 16, 0, 2, tok, max_tokens=330), val_slice(s, 16, 1, 2, tok, max_tokens=330)
+    assert (r0.rows == whole.rows[0::2]).all() and (r1.rows == whole.rows[1::2]).all()
+    assert int(r0.valid.sum() + r1.valid.sum()) == 330
+
+
+@pytest.mark.parametrize("max_bytes", [1000, 5003, 20000, 77777])
+def test_byte_slices_hold_the_same_text_for_both_tokenizers(max_bytes):
+    from blagpt.data.prepare import embedded_dataset
+
+    texts = {}
+    for name in ("gpt2", "bytes"):
+        tok = get_tokenizer(name)
+        sl = val_slice(TokenStream(embedded_dataset(name)[1], "validation"), 64, 0, 1, tok, max_bytes=max_bytes)
+        real = torch.arange(64)[None, :] < sl.valid[:, None]
+        targets = sl.rows[:, 1:][real]
+        texts[name] = tok.decode_bytes(targets.tolist())
+        assert int(tok.token_bytes[targets.numpy()].sum()) == len(texts[name])
+    assert texts["gpt2"] == texts["bytes"]
+    assert max_bytes - 200 < len(texts["bytes"]) <= max_bytes
+    assert texts["bytes"].endswith(b"\n")

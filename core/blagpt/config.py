@@ -74,12 +74,13 @@ class TrainConfig(_Section):
     compile: bool = Field(default=False, description="torch.compile the model (and let optimizers compile).")
     seed: int = Field(default=0, description="Seed of initialisation, data order and dropout.")
     eval_interval: int = Field(default=50, ge=0, description="Evaluate every N steps (and at the end); 0: only at the end.")
-    eval_tokens: int = Field(default=32768, gt=0, description="Validation tokens per evaluation (a fixed slice).")
+    eval_tokens: int = Field(default=32768, gt=0, description="Validation tokens predicted per evaluation (a fixed slice from the start of the val split).")
     eval_bytes: int | None = Field(
         default=None,
         gt=0,
-        description="If set, the validation slice is the start of the val split that covers this many UTF-8 "
-        "bytes (the same text whatever the tokenizer), instead of `eval_tokens` tokens.",
+        description="If set, the validation slice is the start of the val split up to the last line start "
+        "within this many UTF-8 bytes: the same text, and the same byte count, whatever the tokenizer "
+        "(use it to compare byte and token models); replaces `eval_tokens`.",
     )
     checkpoint_interval: int = Field(default=0, ge=0, description="Checkpoint every N steps; 0: only at the end.")
     log_interval: int = Field(default=10, gt=0, description="Log training metrics every N steps.")

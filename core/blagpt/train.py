@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from . import checkpoint as ckpt
 from .config import RunConfig, resolve
-from .data.loader import Layout, TokenStream, TrainLoader, val_sequences
+from .data.loader import Layout, TokenStream, TrainLoader, val_slice
 from .data.prepare import embedded_dataset
 from .data.tokenizers import get_tokenizer
 from .errors import BlagptError, ConfigError
@@ -266,7 +266,7 @@ def train(
     layout = layout_for(cfg, d)
     loader = TrainLoader(train_stream, t.seq_len, layout, t.seed)
     token_bytes = tokenizer.token_bytes
-    val_rows = val_sequences(val_stream, t.seq_len, t.eval_tokens, d.rank, d.world, token_bytes, t.eval_bytes)
+    val = val_slice(val_stream, t.seq_len, d.rank, d.world, tokenizer, t.eval_tokens, t.eval_bytes)
 
     # model and optimizer
     ctx = BuildContext(tokenizer.vocab_size, t.seq_len, tok_name, t.compile, str(d.device), total_steps=steps)
@@ -346,12 +346,14 @@ def train(
         counts = torch.zeros(2, dtype=torch.float64, device=d.device)  # tokens, bytes
         tb = torch.from_numpy(token_bytes).to(d.device)
         with torch.no_grad(), autocast:
-            for i in range(0, len(val_rows), layout.micro_batch):
-                batch = Batch(val_rows[i : i + layout.micro_batch].to(d.device))
+            for i in range(0, len(val.rows), layout.micro_batch):
+                batch = Batch(val.rows[i : i + layout.micro_batch].to(d.device))
+                valid = val.valid[i : i + layout.micro_batch].to(d.device)
+                real = torch.arange(t.seq_len, device=d.device)[None, :] < valid[:, None]
                 out = registry.compute_loss(eval_model, batch, cfg.model)
-                nll_sum += out.nll.double().sum()
-                counts[0] += batch.targets.numel()
-                counts[1] += tb[batch.targets].sum()
+                nll_sum += out.nll.double()[real].sum()
+                counts[0] += real.sum()
+                counts[1] += tb[batch.targets][real].sum()
         d.all_sum(nll_sum)
         d.all_sum(counts)
         eval_model.train()

@@ -108,23 +108,56 @@ class TrainLoader:
         self.position = int(state["position"])
 
 
-def val_sequences(stream: TokenStream, seq_len: int, max_tokens: int, rank: int, world: int, token_bytes: np.ndarray | None = None, max_bytes: int | None = None) -> torch.Tensor:
-    """This rank's share of the fixed validation slice: (n, seq_len + 1) int64.
+@dataclass
+class ValSlice:
+    """One rank's share of the validation slice: ``rows`` (n, seq_len + 1) int64 and, per row,
+    how many of its ``seq_len`` targets are real (all but possibly the last row, which is padded at
+    the end; padding after every real position cannot change a causal model's real outputs)."""
 
-    The slice is the start of the validation stream: ``max_tokens`` tokens, or, with
-    ``max_bytes``, as many tokens as stand for that many UTF-8 bytes (so models with different
-    tokenizers are evaluated on the same text). Sequences are dealt to ranks round-robin.
+    rows: torch.Tensor
+    valid: torch.Tensor
+
+
+def val_slice(stream: TokenStream, seq_len: int, rank: int, world: int, tokenizer, max_tokens: int | None = None, max_bytes: int | None = None) -> ValSlice:
+    """The fixed validation slice: the start of the validation stream, every token of it predicted.
+
+    ``max_tokens``: that many predicted tokens. ``max_bytes``: the slice ends at the last line
+    start at or before that many bytes of text where a non-space character follows a newline. BPE
+    (GPT-2's pre-tokenizer splits there) and bytes both have a token boundary at such a point, so
+    every tokenizer evaluates exactly the same text and counts the same bytes. Sequences of
+    ``seq_len + 1`` tokens (stride ``seq_len``) are dealt to ranks round-robin.
     """
     total = len(stream)
     if max_bytes is not None:
-        if token_bytes is None:
-            raise ValueError("max_bytes needs token_bytes")
-        whole = stream.read(0, total)
-        max_tokens = int(np.searchsorted(np.cumsum(token_bytes[whole]), max_bytes, side="right"))
-    n = min(max_tokens, total - 1) // seq_len
-    if n == 0:
-        raise DataError(f"{stream.pattern}: validation split has {total} tokens, fewer than one sequence of {seq_len + 1}")
-    mine = list(range(rank, n, world))
-    if not mine:
-        return torch.empty(0, seq_len + 1, dtype=torch.long)
-    return torch.from_numpy(np.stack([stream.read(i * seq_len, seq_len + 1) for i in mine]))
+        head = stream.read(0, min(total, max_bytes + 1024))
+        n = _byte_cut(head, tokenizer, max_bytes)
+    else:
+        n = min(total, int(max_tokens) + 1)
+    if n < 2:
+        raise DataError(f"{stream.pattern}: the validation slice holds {n} token(s); at least 2 are needed")
+    tokens = stream.read(0, n)
+    starts = list(range(0, n - 1, seq_len))
+    rows = np.full((len(starts), seq_len + 1), tokenizer.eot, dtype=np.int64)
+    valid = np.zeros(len(starts), dtype=np.int64)
+    for i, s0 in enumerate(starts):
+        piece = tokens[s0 : s0 + seq_len + 1]
+        rows[i, : len(piece)] = piece
+        valid[i] = len(piece) - 1
+    mine = slice(rank, None, world)
+    return ValSlice(torch.from_numpy(rows[mine].copy()), torch.from_numpy(valid[mine].copy()))
+
+
+def _byte_cut(tokens: np.ndarray, tokenizer, max_bytes: int) -> int:
+    """How many leading tokens end at the last shared line-start boundary within ``max_bytes``."""
+    text = tokenizer.decode_bytes(tokens)
+    ends = np.cumsum(tokenizer.token_bytes[tokens])  # byte offset after each token
+    fallback = None
+    for j in range(len(tokens) - 1, -1, -1):
+        off = int(ends[j])
+        if off > max_bytes:
+            continue
+        if fallback is None:
+            fallback = j + 1
+        if 0 < off < len(text) and text[off - 1] == 0x0A and not chr(text[off]).isspace():
+            return j + 1
+    return fallback or 0

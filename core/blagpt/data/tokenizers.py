@@ -42,6 +42,10 @@ class Tokenizer:
     def decode(self, ids) -> str:
         raise NotImplementedError
 
+    def decode_bytes(self, ids) -> bytes:
+        """The UTF-8 bytes ``ids`` stand for (end-of-text: none)."""
+        raise NotImplementedError
+
     @property
     def token_bytes(self) -> np.ndarray:
         """int64 array of length ``vocab_size``: UTF-8 bytes each token id stands for."""
@@ -57,7 +61,10 @@ class BytesTokenizer(Tokenizer):
         return list(text.encode("utf-8"))
 
     def decode(self, ids) -> str:
-        return bytes(int(i) for i in ids if int(i) < 256).decode("utf-8", errors="replace")
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def decode_bytes(self, ids) -> bytes:
+        return bytes(int(i) for i in ids if int(i) < 256)
 
     @property
     def token_bytes(self) -> np.ndarray:
@@ -102,6 +109,9 @@ class GPT2Tokenizer(Tokenizer):
 
     def decode(self, ids) -> str:
         return self._enc.decode([int(i) for i in ids if int(i) != self.eot])
+
+    def decode_bytes(self, ids) -> bytes:
+        return self._enc.decode_bytes([int(i) for i in ids if int(i) != self.eot])
 
     @property
     def token_bytes(self) -> np.ndarray:

@@ -45,14 +45,19 @@ def save(path: str | Path, payload: dict[str, Any]) -> Path:
     return path
 
 
+def _load_file(path: Path, prefix: str, missing: str) -> Any:
+    """``torch.load(weights_only=True)`` of an existing file; any failure is a one-line error."""
+    if not path.is_file():
+        raise BlagptError(f"{prefix}{path}: {missing}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - corrupt file, foreign pickle
+        raise BlagptError(f"{prefix}{path}: cannot load weights-only ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+
+
 def load(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    if not path.is_file():
-        raise BlagptError(f"{path}: checkpoint not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - corrupt file, foreign pickle
-        raise BlagptError(f"{path}: cannot load checkpoint weights-only ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+    state = _load_file(path, "", "checkpoint not found")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise BlagptError(f"{path}: not a blagpt checkpoint of format {FORMAT}")
     return state
@@ -63,12 +68,7 @@ def load_weights(ref: str | Path) -> dict[str, Any]:
     path = Path(ref)
     if path.is_dir():
         path = path / CHECKPOINT
-    if not path.is_file():
-        raise BlagptError(f"train.init_from: {path}: no such checkpoint or state-dict file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise BlagptError(f"train.init_from: {path}: cannot load weights-only ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+    state = _load_file(path, "train.init_from: ", "no such checkpoint or state-dict file")
     if isinstance(state, dict) and state.get("format") == FORMAT and "model" in state:
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -7,10 +7,9 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import BYTES_VOCAB, SEQ, build, config
 
-from blagpt_plugin_blagpt import PRESETS, BlaGPT, BlaGPTConfig, parameter_count
+from blagpt_plugin_blagpt import BlaGPT, BlaGPTConfig, parameter_count
 from blagpt_plugin_blagpt.model import Attention, Rotary, flex_softcap_attention, math_softcap_attention
 
 # Each technique switched on over the plain gpt2+tiny baseline (tiny: 4 heads, d 64, 2 layers).

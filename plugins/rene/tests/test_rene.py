@@ -6,7 +6,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from blagpt import BuildContext, ConfigError
+from blagpt import BuildContext
 from blagpt.config import apply_presets
 from blagpt.plugins import Registry
 from blagpt_plugin_rene import ReneConfig, ReneLM, SlidingWindowAttention, WindowCache
@@ -117,20 +117,11 @@ def test_loss_falls(registry):
 def test_124m_preset_matches_gpt2_small(registry):
     with torch.device("meta"):
         model = ReneLM(config(registry, "124m"), 50257, 1024)
-    n = sum(p.numel() for p in model.parameters())
-    ref = testing.gpt2_small_parameters()
-    assert abs(n - ref) / ref < 0.02, (n, ref)
+    testing.check_matches_gpt2_small(model)
 
 
 def test_fused_kernel_refused_off_cuda(registry):
-    from blagpt_plugin_ssm import fused_kernels_available
-
-    if fused_kernels_available() is None:
-        with pytest.raises(ConfigError, match="CUDA only"):
-            build(registry, kernel="fused")
-    else:
-        with pytest.raises(ValidationError, match="mamba-ssm"):
-            config(registry, kernel="fused")
+    testing.check_fused_kernel_refused(lambda: build(registry, kernel="fused"), lambda: config(registry, kernel="fused"))
 
 
 def test_flops_per_token(registry):

@@ -1,6 +1,5 @@
 """The RWKV-7 model through blagpt's plugin contract."""
 
-import copy
 import io
 import math
 

@@ -127,6 +127,31 @@ def gpt2_small_parameters(vocab_size: int = 50304, n_layers: int = 12, d: int = 
     return n_layers * per_layer + vocab_size * d + max_seq_len * d + 2 * d
 
 
+def check_matches_gpt2_small(model: nn.Module, rel: float = 0.02) -> int:
+    """The model (e.g. built on the meta device) has GPT-2 small's parameter count within ``rel``."""
+    n = sum(p.numel() for p in model.parameters())
+    ref = gpt2_small_parameters()
+    assert abs(n - ref) / ref < rel, (n, ref)
+    return n
+
+
+def check_fused_kernel_refused(build_fused: Callable[[], object], config_fused: Callable[[], object]) -> None:
+    """``kernel="fused"`` is an error naming the cause: where the CUDA kernels are not installed, the
+    config names them (``config_fused``); where they are, building off CUDA says CUDA only."""
+    import pytest
+
+    from blagpt import ConfigError
+
+    from . import fused_kernels_available
+
+    if fused_kernels_available() is None:
+        with pytest.raises(ConfigError, match="CUDA only"):
+            build_fused()
+    else:
+        with pytest.raises(ValueError, match="mamba-ssm"):
+            config_fused()
+
+
 def check_flops_per_token(model: nn.Module, seq_len: int) -> float:
     """``flops_per_token`` counts at least 6 FLOPs per matmul weight (head included) and grows
     with the sequence length only through attention, never shrinks."""

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from blagpt import BuildContext, ConfigError
+from blagpt import BuildContext
 from blagpt.config import apply_presets
 from blagpt.plugins import Registry
 from blagpt_plugin_ssm import testing
@@ -75,20 +75,11 @@ def test_124m_preset_matches_gpt2_small():
         reg = Registry.load(strict=False, only=["ssm"])
         model = reg.build_model(Mamba2Config(**apply_presets({"name": "mamba2", "preset": "124m"}, reg)),
                                 BuildContext(vocab_size=50257, max_seq_len=1024, tokenizer="gpt2"))
-    n = sum(p.numel() for p in model.parameters())
-    ref = testing.gpt2_small_parameters()
-    assert abs(n - ref) / ref < 0.02, (n, ref)
+    testing.check_matches_gpt2_small(model)
 
 
 def test_fused_kernel_refused_off_cuda(registry):
-    from blagpt_plugin_ssm import fused_kernels_available
-
-    if fused_kernels_available() is None:
-        with pytest.raises(ConfigError, match="CUDA only"):
-            build(registry, kernel="fused")
-    else:
-        with pytest.raises(ValueError, match="mamba-ssm"):
-            Mamba2Config(kernel="fused")
+    testing.check_fused_kernel_refused(lambda: build(registry, kernel="fused"), lambda: Mamba2Config(kernel="fused"))
 
 
 def test_flops_per_token(registry):

@@ -428,21 +428,21 @@ def train(
                 # The loss read above synced the device. A process's first step (lazy imports,
                 # allocator and kernel warm-up) is left out of throughput unless it is all there is.
                 step_time = time.perf_counter() - step_t0
-                if done > start + 1 or done % t.log_interval == 0 or done == steps:
+                log_now = done % t.log_interval == 0 or done == steps
+                if done > start + 1 or log_now:
                     window_time += step_time
                     window_tokens += layout.global_batch * t.seq_len
                     window_steps += 1
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss_val:.4f}")
-                if done % t.log_interval == 0 or done == steps:
-                    dt = window_time
-                    tps = window_tokens / dt
+                if log_now:
+                    tps = window_tokens / window_time
                     row = {
                         "train/loss": loss_val,
                         "train/lr": optimizer.param_groups[0]["lr"],
                         "train/tokens_per_s": tps,
-                        "train/step_ms": 1000 * dt / window_steps,
+                        "train/step_ms": 1000 * window_time / window_steps,
                         "train/tokens": float(done * layout.global_batch * t.seq_len),
                         "train/peak_mem_mb": peak_memory_mb(d.device),
                     }

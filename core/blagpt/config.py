@@ -46,10 +46,30 @@ class DataConfig(_Section):
         return self
 
 
+DEFAULT_STEPS = 200
+
+
 class TrainConfig(_Section):
-    steps: int | None = Field(default=200, gt=0, description="Optimizer steps; exclusive with `tokens`.")
+    steps: int | None = Field(
+        default=None,
+        gt=0,
+        description=f"Optimizer steps ({DEFAULT_STEPS} when no budget is set); exclusive with the other budgets "
+        "(`tokens`, `flops`, `time_s`).",
+    )
     tokens: int | None = Field(
         default=None, gt=0, description="Token budget; steps = ceil(tokens / (global_batch_size * seq_len))."
+    )
+    flops: float | None = Field(
+        default=None,
+        gt=0,
+        description="FLOP budget; steps = ceil(flops / (model flops_per_token x global_batch_size x seq_len)). "
+        "Needs a model that reports flops_per_token.",
+    )
+    time_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Wall-clock budget: seconds of training steps (evaluation and checkpoints do not count); "
+        "the learning-rate schedule follows the elapsed fraction of it.",
     )
     seq_len: int = Field(default=256, gt=0, description="Tokens per training sequence.")
     micro_batch_size: int = Field(default=8, gt=0, description="Sequences per rank per forward/backward.")
@@ -94,11 +114,17 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _budget(self) -> "TrainConfig":
-        if self.tokens is not None and "steps" in self.model_fields_set and self.steps is not None:
-            raise ValueError("set either `steps` or `tokens`, not both")
-        if self.tokens is None and self.steps is None:
-            raise ValueError("set `steps` or `tokens`")
+        given = [k for k in ("steps", "tokens", "flops", "time_s") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"set one budget, not {' and '.join(f'`{k}`' for k in given)}")
+        if not given:
+            self.__dict__["steps"] = DEFAULT_STEPS  # not an assignment: that would validate again
         return self
+
+    @property
+    def budget_kind(self) -> str:
+        """Which budget the run has: ``steps``, ``tokens``, ``flops`` or ``time_s``."""
+        return next((k for k in ("tokens", "flops", "time_s") if getattr(self, k) is not None), "steps")
 
 
 class TrackingConfig(_Section):
@@ -109,6 +135,10 @@ class TrackingConfig(_Section):
     experiment: str = Field(default="blagpt", description="MLflow experiment name.")
     run_name: str | None = Field(default=None, description="Run name; unset: <model>-<timestamp>.")
     timeout_s: float = Field(default=10.0, gt=0, description="Seconds one MLflow request may take before it is given up.")
+    tags: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra MLflow tags of the run (e.g. `mlflow.parentRunId` nests it under another run).",
+    )
 
 
 class RunConfig(_Section):

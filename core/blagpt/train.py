@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,6 +29,7 @@ from .data.prepare import embedded_dataset
 from .data.tokenizers import get_tokenizer
 from .errors import BlagptError, ConfigError
 from .plugins import Registry, get_registry
+from .schedule import budget_for, lr_factor, lr_factor_time
 from .specs import Batch, BuildContext
 from .tracking import RunRecord, Tracker, loss_curve_png
 
@@ -83,6 +85,12 @@ class Dist:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def broadcast_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """Rank 0's ``x`` on every rank."""
+        if self.world > 1:
+            dist.broadcast(x, src=0)
+        return x
+
     def gather(self, obj: Any) -> list[Any]:
         if self.world == 1:
             return [obj]
@@ -111,37 +119,7 @@ def setup_distributed(device_pref: str) -> Dist:
     return Dist(rank=rank, world=world, local_rank=local, device=device)
 
 
-# -- schedule ---------------------------------------------------------------------------------
-
-
-def lr_factor(step: int, total: int, cfg) -> float:
-    """Multiplier of the peak learning rate at ``step`` (0-based): warmup, then the decay."""
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else math.ceil(0.05 * total)
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    lo = cfg.min_lr_ratio
-    if cfg.schedule == "constant":
-        return 1.0
-    if cfg.schedule == "cosine":
-        span = max(1, total - warmup)
-        progress = min(1.0, (step + 1 - warmup) / span)
-        return lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * progress))
-    decay_steps = max(1, int(round(cfg.decay_frac * total)))
-    start = total - decay_steps
-    if step < start:
-        return 1.0
-    return lo + (1 - lo) * (1 - (step - start + 1) / decay_steps)
-
-
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def total_steps(cfg: RunConfig, world: int) -> int:
-    t = cfg.train
-    if t.tokens is not None:
-        per_step = global_batch(cfg, world) * t.seq_len
-        return max(1, math.ceil(t.tokens / per_step))
-    return int(t.steps)
 
 
 def global_batch(cfg: RunConfig, world: int) -> int:
@@ -181,8 +159,11 @@ def new_run_name(cfg: RunConfig) -> str:
     return f"{cfg.model.name}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S-%f')[:-3]}"
 
 
-def find_run_dir(ref: str, out_dir: str) -> Path:
-    """A run folder from a path, a run name under ``out_dir``, or an MLflow run id."""
+def find_run_dir(ref: str, out_dir: str, option: str = "--resume") -> Path:
+    """A run folder from a path, a run name under ``out_dir``, or an MLflow run id.
+
+    ``option`` is the command-line option ``ref`` came from; the error message names it.
+    """
     for cand in (Path(ref), Path(out_dir) / ref):
         if (cand / "run.json").is_file():
             return cand
@@ -191,7 +172,7 @@ def find_run_dir(ref: str, out_dir: str) -> Path:
     for meta in Path(out_dir).glob("*/run.json"):
         if json.loads(meta.read_text()).get("mlflow_run_id") == ref:
             return meta.parent
-    raise BlagptError(f"--resume {ref}: no run folder, run name under {out_dir}/ or MLflow run id matches")
+    raise BlagptError(f"{option} {ref}: no run folder, run name under {out_dir}/ or MLflow run id matches")
 
 
 # -- the loop --------------------------------------------------------------------------------
@@ -248,7 +229,6 @@ def train(
         run_dir = Path(t.out_dir) / run_name
         if (run_dir / "run.json").exists():
             raise BlagptError(f"{run_dir}: a run of this name exists; resume it with --resume {run_name} or pick another tracking.run_name")
-    steps = total_steps(cfg, d.world)
 
     # data
     tok_name = cfg.tokenizer_name(registry)
@@ -268,18 +248,24 @@ def train(
     token_bytes = tokenizer.token_bytes
     val = val_slice(val_stream, t.seq_len, d.rank, d.world, tokenizer, t.eval_tokens, t.eval_bytes)
 
-    # model and optimizer
-    ctx = BuildContext(tokenizer.vocab_size, t.seq_len, tok_name, t.compile, str(d.device), total_steps=steps)
+    # model, budget and optimizer (a FLOP budget needs the built model's FLOPs per token)
+    tokens_per_step = layout.global_batch * t.seq_len
+    known = None if t.budget_kind == "flops" else budget_for(t, tokens_per_step, None).steps
+    ctx = BuildContext(tokenizer.vocab_size, t.seq_len, tok_name, t.compile, str(d.device), total_steps=known)
     torch.manual_seed(t.seed)
     model = registry.build_model(cfg.model, ctx).to(d.device)
-    optimizer = registry.build_optimizer(model, cfg.optimizer, ctx)
+    fpt = model.flops_per_token(t.seq_len) if hasattr(model, "flops_per_token") else None
+    budget = budget_for(t, tokens_per_step, fpt)
+    steps = budget.steps  # None under a wall-clock budget
+    optimizer = registry.build_optimizer(model, cfg.optimizer, dataclasses.replace(ctx, total_steps=steps))
     peak_lrs = [g["lr"] for g in optimizer.param_groups]
-    start = 0
+    start, elapsed = 0, 0.0  # elapsed: seconds spent in training steps, over resumes
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         loader.load_state_dict(state["loader"])
         start = int(state["step"])
+        elapsed = float(state.get("elapsed_s", 0.0))
         rngs = state["rng"]
         if len(rngs) == d.world:
             ckpt.set_rng_state(rngs[d.rank])
@@ -296,7 +282,6 @@ def train(
             say(f"initialised model weights from {t.init_from}")
         torch.manual_seed(t.seed + d.rank)  # distinct dropout per rank, same weights (built above)
     n_params = sum(p.numel() for p in model.parameters())
-    fpt = model.flops_per_token(t.seq_len) if hasattr(model, "flops_per_token") else None
     peak_flops = device_peak_flops(d.device)
 
     train_model: torch.nn.Module = model
@@ -325,18 +310,20 @@ def train(
             model=cfg.model.name,
             status="RUNNING",
             steps_planned=steps,
+            budget=budget.describe(),
         )
         tracker = Tracker(record, cfg.tracking.uri, cfg.tracking.experiment, run_name, cfg.tracking.timeout_s, cfg.tracking.enabled)
         tracker.log_params(
-            {**cfg.flat(), "n_params": n_params, "world_size": d.world, "total_steps": steps,
-             "grad_accum": layout.accum, "tokenizer": tok_name},
+            {**cfg.flat(), "n_params": n_params, "world_size": d.world, "total_steps": steps if steps is not None else "time budget",
+             "grad_accum": layout.accum, "tokenizer": tok_name, "tokens_per_step": tokens_per_step,
+             "flops_per_token": fpt if fpt is not None else "not reported"},
             _provenance_tags(registry, cfg),
         )
         tracker.log_artifact(run_dir / "config.yaml")
 
     say(
         f"run {run_name}: model {cfg.model.name} ({n_params / 1e6:.2f}M params), optimizer {cfg.optimizer.name}, "
-        f"{steps} steps x {layout.global_batch} seqs x {t.seq_len} tokens, {d.world} rank(s) on {d.device.type}, "
+        f"{budget.describe()} x {layout.global_batch} seqs x {t.seq_len} tokens, {d.world} rank(s) on {d.device.type}, "
         f"{'bf16' if use_bf16 else 'fp32'}{', compiled' if t.compile else ''}"
     )
 
@@ -375,6 +362,7 @@ def train(
                     "optimizer": optimizer.state_dict(),
                     "loader": loader.state_dict(),
                     "rng": rngs,
+                    "elapsed_s": elapsed,
                     "config": cfg.model_dump(mode="json"),
                     "world_size": d.world,
                 },
@@ -395,9 +383,13 @@ def train(
     status = "FAILED"
     try:
         with _StopFlag() as stop:
-            for step in range(start, steps):
+            step = start
+            while not budget.done(step, elapsed):
                 step_t0 = time.perf_counter()
-                factor = lr_factor(step, steps, t)
+                if steps is not None:
+                    factor = lr_factor(step, steps, t)
+                else:  # wall-clock budget: the fraction used by the end of this step, estimated
+                    factor = lr_factor_time(step, (elapsed + (elapsed / step if step else 0.0)) / budget.time_s, t)
                 for g, peak in zip(optimizer.param_groups, peak_lrs):
                     g["lr"] = peak * factor
                 loss_acc = torch.zeros((), device=d.device)
@@ -428,14 +420,19 @@ def train(
                 # The loss read above synced the device. A process's first step (lazy imports,
                 # allocator and kernel warm-up) is left out of throughput unless it is all there is.
                 step_time = time.perf_counter() - step_t0
-                log_now = done % t.log_interval == 0 or done == steps
+                if steps is None and d.world > 1:  # every rank follows rank 0's clock (same lr, same end)
+                    step_time = float(d.broadcast_tensor(torch.tensor([step_time], dtype=torch.float64, device=d.device)))
+                elapsed += step_time
+                last = budget.done(done, elapsed)
+                log_now = done % t.log_interval == 0 or last
                 if done > start + 1 or log_now:
                     window_time += step_time
-                    window_tokens += layout.global_batch * t.seq_len
+                    window_tokens += tokens_per_step
                     window_steps += 1
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss_val:.4f}")
+                row: dict[str, float] = {}
                 if log_now:
                     tps = window_tokens / window_time
                     row = {
@@ -443,7 +440,6 @@ def train(
                         "train/lr": optimizer.param_groups[0]["lr"],
                         "train/tokens_per_s": tps,
                         "train/step_ms": 1000 * window_time / window_steps,
-                        "train/tokens": float(done * layout.global_batch * t.seq_len),
                         "train/peak_mem_mb": peak_memory_mb(d.device),
                     }
                     if grad_norm is not None:
@@ -452,23 +448,28 @@ def train(
                         row["train/mfu"] = fpt * tps / (peak_flops * d.world)
                     for k, v in extra.items():
                         row[f"train/{k}"] = float(d.all_mean(torch.as_tensor(v, dtype=torch.float32, device=d.device).clone()))
-                    _log(tracker, result, done, row)
                     if bar is None:
+                        of = f"/{steps}" if steps is not None else f" ({elapsed:.0f}/{budget.time_s:g} s)"
                         say(
-                            f"step {done}/{steps} | loss {loss_val:.4f} | lr {row['train/lr']:.2e} | "
+                            f"step {done}{of} | loss {loss_val:.4f} | lr {row['train/lr']:.2e} | "
                             f"{tps:,.0f} tok/s | {row['train/step_ms']:.0f} ms/step"
                         )
                     window_time, window_tokens, window_steps = 0.0, 0, 0
                 stopping = stop.set or (until_step is not None and done >= until_step)
-                if (t.eval_interval and done % t.eval_interval == 0) or done == steps:
+                if (t.eval_interval and done % t.eval_interval == 0) or last:
                     ev = evaluate()
-                    _log(tracker, result, done, ev)
+                    row.update(ev)
                     result.final = ev
                     msg = f"eval step {done} | val loss {ev['val/loss']:.4f} nats/token | val bpb {ev['val/bpb']:.4f}"
                     bar.write(msg) if bar is not None else say(msg)
-                if (t.checkpoint_interval and done % t.checkpoint_interval == 0) or done == steps or stopping:
+                if row:  # one row per step: tokens and training time seen so far ride along
+                    row["train/tokens"] = float(done * tokens_per_step)
+                    row["train/elapsed_s"] = elapsed
+                    _log(tracker, result, done, row)
+                if (t.checkpoint_interval and done % t.checkpoint_interval == 0) or last or stopping:
                     save_checkpoint(done)
                 result.step = done
+                step = done
                 if stopping:
                     result.interrupted = True
                     break
@@ -536,7 +537,7 @@ def _provenance_tags(registry: Registry, cfg: RunConfig) -> dict[str, str]:
     commit = _git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
-    return tags
+    return {**tags, **cfg.tracking.tags}
 
 
 def _git_commit() -> str | None:

@@ -29,6 +29,13 @@ TINY = [
     "train.log_interval=2",
 ]
 
+# The same settings as flags of `blagpt bench` / `blagpt ablate` (tinylm's default size).
+BENCH_BASE = [
+    "--set", "data.tokenizer=bytes", "--set", "train.seq_len=32", "--set", "train.micro_batch_size=4",
+    "--set", "train.eval_bytes=2048", "--set", "train.eval_interval=3", "--set", "train.log_interval=1",
+    "--set", "optimizer.lr=3e-3",
+]
+
 
 def run_cli(args, cwd=None, env=None, timeout=300, check=None, plugins=("tinylm",)):
     """Run ``python -m blagpt ARGS``; returns CompletedProcess with text output.

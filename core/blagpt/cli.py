@@ -322,5 +322,7 @@ def main() -> None:
         sys.exit(130)
 
 
+from . import cli_bench  # noqa: E402,F401 - registers bench, ablate and compare on the group
+
 if __name__ == "__main__":
     main()

@@ -97,7 +97,7 @@ def register_models(register):
             TinyLMConfig,
             "Tiny causal transformer for blagpt's own tests",
             tokenizers=("gpt2", "bytes"),
-            presets={"wide": {"d_model": 128, "n_heads": 8}},
+            presets={"wide": {"d_model": 128, "n_heads": 8}, "diverge": {"nan_after": 2}, "slow": {"delay_s": 0.3}},
         )
     )
 

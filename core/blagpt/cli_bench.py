@@ -1,0 +1,217 @@
+"""The comparison commands of the ``blagpt`` CLI: ``bench``, ``ablate`` and ``compare``.
+
+They register on the ``blagpt`` group when :mod:`blagpt.cli` is imported; like the rest of the
+CLI, only click is imported at module level.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict
+
+import click
+
+from .cli import CONTEXT, cli
+
+NOTE = (
+    "val loss and val bpb: mean ± sample sd over seeds of the final evaluation, every entry on the same "
+    "validation text ({what}). p vs baseline: one-sided Welch t-test that the entry's val bpb is lower than "
+    "the baseline's (small = better beyond seed noise; needs 2+ seeds). tokens/s: median of the logged "
+    "windows; peak mem: largest logged peak; wall: training time, evaluation excluded; all means over seeds."
+)
+
+
+def _common(f):
+    f = click.option("--no-track", is_flag=True, help="Do not log to MLflow (the bench folder still records everything).")(f)
+    f = click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db).")(f)
+    f = click.option("--retry-failed", is_flag=True, help="Train again the runs that failed in an earlier attempt.")(f)
+    f = click.option(
+        "--launcher",
+        help="Command put before `-m blagpt train` for every run, e.g. 'torchrun --standalone --nproc_per_node 8' "
+        "(default: this Python, one process).",
+    )(f)
+    f = click.option("--name", help="Bench folder and MLflow run name (default: derived from the plan, so re-running resumes).")(f)
+    f = click.option("--seeds", default=1, show_default=True, type=click.IntRange(min=1), help="Seeds per entry (2+ for noise estimates).")(f)
+    f = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a base config field for every run (repeatable).")(f)
+    f = click.option("--config", "config_file", type=click.Path(dir_okay=False), help="Base run config (YAML or TOML) shared by every run.")(f)
+    return f
+
+
+def _base(config_file, sets, budget, tracking_uri, no_track):
+    from .bench import parse_budget, with_budget
+    from .config import merge_sources
+
+    extra = [f"tracking.uri={tracking_uri}"] if tracking_uri else []
+    extra += ["tracking.enabled=false"] if no_track else []
+    raw = merge_sources(config_file, [*extra, *sets])
+    return with_budget(raw, parse_budget(budget)) if budget else raw
+
+
+def _launcher(text):
+    import shlex
+
+    return shlex.split(text) if text else None
+
+
+def _report(bench, stats, title, note, params, interrupted):
+    from .leaderboard import COLUMNS, table_rows, text_table, write_leaderboard
+
+    files = write_leaderboard(stats, bench.dir, title, note)
+    click.echo("")
+    click.echo(text_table(COLUMNS, table_rows(stats)))
+    metrics = {f"val_bpb_mean/{_key(e.label)}": e.mean(e.bpb) for e in stats if e.bpb}
+    run_id = bench.finish(files, params, metrics, interrupted)
+    click.echo("")
+    click.echo(f"leaderboard: {files['md']} and {files['csv']}")
+    click.echo(f"plots: {files['png_tokens']} {files['png_time']}")
+    if run_id:
+        click.echo(f"MLflow parent run: {run_id} (experiment {bench.experiment!r}); its runs are nested under it")
+    return files
+
+
+def _eval_text(bench) -> str:
+    try:
+        n = bench.base_raw["train"]["eval_bytes"]
+        return f"{int(n):,} bytes"
+    except (KeyError, TypeError, ValueError):
+        return "train.eval_tokens tokens"
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--models", required=True, help="Comma-separated NAME or NAME@PRESET, e.g. blagpt@gpt2+tiny,rene@tiny.")
+@click.option("--optimizers", default="adamw", show_default=True, help="Comma-separated optimizers; every model trains with each.")
+@click.option("--budget", required=True, help="tokens=N | flops=F | time=S | steps=N (suffixes k M G T; s m h).")
+@click.option("--baseline", help="Entry the p-values are computed against (default: the first).")
+@_common
+def bench(models, optimizers, budget, baseline, config_file, sets, seeds, name, launcher, retry_failed, tracking_uri, no_track):
+    """Train every model x optimizer x seed on equal terms and print the leaderboard.
+
+    Every run gets the same data, sequence length, global batch, validation text and budget
+    (tokens, FLOPs from each model's flops_per_token, or wall-clock seconds of training). One MLflow
+    parent run, one child run per training run; a failed run is listed with its reason and the
+    others go on. Run the same command again after an interruption: finished runs are kept,
+    interrupted ones resume from their checkpoints.
+
+    \b
+    Examples:
+      blagpt bench --models blagpt@gpt2+tiny,blagpt@blagpt+tiny --budget tokens=2M --seeds 3
+      blagpt bench --models blagpt@gpt2+tiny,rene@tiny,rwkv7@tiny --budget flops=5e13 --config base.yaml
+      blagpt bench --models blagpt@blagpt+tiny --optimizers adamw,soap,muon --budget time=5m
+    """
+    from .bench import Bench, parse_models
+    from .errors import ConfigError
+    from .leaderboard import summarize
+
+    opts = [o.strip() for o in optimizers.split(",") if o.strip()]
+    entries = parse_models(models, opts)
+    labels = [e.label for e in entries]
+    if baseline is not None and baseline not in labels:
+        raise ConfigError(f"--baseline {baseline!r}: not an entry; entries: {', '.join(labels)}")
+    raw = _base(config_file, sets, budget, tracking_uri, no_track)
+    identity = {"entries": [asdict(e) for e in entries], "launcher": launcher}
+    b = Bench("bench", identity, raw, seeds, name, _launcher(launcher), retry_failed, echo=click.echo)
+    click.echo(f"bench {b.name}: {len(entries)} entries x {seeds} seed(s), budget {budget}; folder {b.dir}")
+    data, interrupted = b.run(entries)
+    stats = summarize(data, labels, baseline)
+    params = {"bench.models": models, "bench.optimizers": optimizers, "bench.budget": budget, "bench.seeds": seeds,
+              "bench.baseline": baseline or labels[0]}
+    title = f"bench {b.name}: {', '.join(labels)}; budget {budget}; {seeds} seed(s)"
+    _report(b, stats, title, NOTE.format(what=_eval_text(b)), params, interrupted)
+    _exit_if(interrupted, data)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--model", required=True, help="NAME or NAME@PRESET of the model to ablate.")
+@click.option("--optimizer", default="adamw", show_default=True, help="Optimizer of every run.")
+@click.option("--try", "tries", multiple=True, required=True, metavar="FIELD=VALUE[;...]", help="One change (several fields joined by ';'); repeatable.")
+@click.option("--greedy", is_flag=True, help="Keep each change that helps by more than the noise and try the next on top.")
+@click.option("--noise", type=click.FloatRange(min=0), help="Noise band in bpb to use when seeds cannot estimate it (1 seed).")
+@click.option("--budget", help="tokens=N | flops=F | time=S | steps=N (default: the base config's budget).")
+@_common
+def ablate(model, optimizer, tries, greedy, noise, budget, config_file, sets, seeds, name, launcher, retry_failed, tracking_uri, no_track):
+    """Each change on top of a base config, as a delta in val bpb with its noise band.
+
+    \b
+    Examples:
+      blagpt ablate --model blagpt@gpt2+tiny --try model.qk_norm=true --try model.n_kv_heads=2 --seeds 3
+      blagpt ablate --model blagpt@gpt2+tiny --greedy --seeds 3 --budget tokens=2M \\
+          --try model.norm_type=rmsnorm --try 'model.activation=swiglu;model.mlp_ratio=2.75' --try model.qk_norm=true
+    """
+    from .ablate import COLUMNS, parse_try, run_ablation, table_rows
+    from .bench import Bench, parse_models
+    from .leaderboard import markdown_table, summarize, text_table
+
+    (base_entry,) = parse_models(model, [optimizer])
+    parsed = [(t, parse_try(t)) for t in tries]
+    raw = _base(config_file, sets, budget, tracking_uri, no_track)
+    identity = {"model": model, "optimizer": optimizer, "tries": list(tries), "greedy": greedy, "noise": noise, "launcher": launcher}
+    b = Bench("ablate", identity, raw, seeds, name, _launcher(launcher), retry_failed, echo=click.echo)
+    click.echo(f"ablation {b.name}: {model} + {len(tries)} change(s){' (greedy)' if greedy else ''} x {seeds} seed(s); folder {b.dir}")
+    steps, data, order, kept, interrupted = run_ablation(b, base_entry.model, optimizer, parsed, greedy, noise, base_sets=base_entry.sets)
+    rows = table_rows(steps, greedy)
+    click.echo("")
+    click.echo(text_table(COLUMNS, rows))
+    if greedy and not interrupted:
+        click.echo(f"kept: {'; '.join(kept) or 'nothing'}")
+    table = markdown_table(COLUMNS, rows)
+    (b.dir / "ablation.md").write_text(f"# ablation {b.name} of {model}\n\n{table}")
+    stats = summarize(data, [e.label for e in order], "base")
+    params = {"ablate.model": model, "ablate.tries": " | ".join(tries), "ablate.greedy": greedy, "ablate.seeds": seeds}
+    files = _report(b, stats, f"ablation {b.name} of {model}: every run", NOTE.format(what=_eval_text(b)), params, interrupted)
+    click.echo(f"ablation table: {b.dir / 'ablation.md'}  (all runs: {files['md']})")
+    _exit_if(interrupted, data)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("refs", nargs=-1, required=True, metavar="RUN_OR_EXPERIMENT...")
+@click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db).")
+@click.option("--experiment", default="blagpt", show_default=True, help="Experiment that run names are looked up in.")
+@click.option("--baseline", help="Entry the p-values are computed against (default: the first, oldest).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Folder for the leaderboard and plots (default: runs/compare-<time>).")
+def compare(refs, tracking_uri, experiment, baseline, out_dir):
+    """The leaderboard and plots of runs already in MLflow.
+
+    RUN_OR_EXPERIMENT: an MLflow run id, a run name, or an experiment name; a bench's parent run
+    stands for its runs. Runs of one entry (the same config but the seed) are pooled over seeds.
+
+    \b
+    Examples:
+      blagpt compare bench-1a2b3c4d                  # a bench's parent run, by name
+      blagpt compare 5f0c... 9ab1...                 # two runs by id
+      blagpt compare my-experiment --tracking-uri http://127.0.0.1:5000
+    """
+    from pathlib import Path
+
+    from .compare import find_runs, run_data
+    from .leaderboard import COLUMNS, summarize, table_rows, text_table, write_leaderboard
+    from .tracking import configure_mlflow_http, sync_client
+
+    configure_mlflow_http(10)
+    client = sync_client(tracking_uri)
+    runs = find_runs(client, list(refs), experiment)
+    data, order = run_data(client, runs)
+    stats = summarize(data, order, baseline)
+    out = Path(out_dir or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}")
+    note = NOTE.format(what="as each run was configured").replace("sd over seeds", "sd over the runs of an entry")
+    files = write_leaderboard(stats, out, f"compare {' '.join(refs)}", note)
+    click.echo(text_table(COLUMNS, table_rows(stats)))
+    click.echo("")
+    click.echo(f"{len(data)} run(s) from {client.tracking_uri}; leaderboard: {files['md']} and {files['csv']}")
+    click.echo(f"plots: {files['png_tokens']} {files['png_time']}")
+
+
+def _key(label: str) -> str:
+    """An MLflow metric-key-safe form of an entry label."""
+    return "".join(c if c.isalnum() or c in "_-. /" else "_" for c in label)
+
+
+def _exit_if(interrupted: bool, data=()) -> None:
+    """Exit 130 when interrupted, 1 when some run failed (after the table was printed)."""
+    if interrupted:
+        click.echo("interrupted: run the same command again to resume", err=True)
+        sys.exit(130)
+    failed = [r for r in data if not r.ok]
+    if failed:
+        click.echo(f"{len(failed)} of {len(data)} runs failed (see the status column)", err=True)
+        sys.exit(1)

@@ -1,0 +1,330 @@
+"""From finished runs to a leaderboard: per-entry statistics over seeds, tables and plots.
+
+Runs arrive as :class:`RunData`, read either from run folders (``bench``, ``ablate``) or from
+MLflow (``compare``); both readers fill the same fields from the same logged metrics, so the table
+of a bench and the table ``blagpt compare`` makes of its MLflow runs agree.
+
+Statistics: mean and sample standard deviation (n - 1) over seeds; with two or more seeds on both
+sides, a one-sided Welch t-test of "this entry's val bpb is lower than the baseline's" (Welch 1947,
+unequal variances, Welch-Satterthwaite degrees of freedom).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+SERIES_KEYS = ("val/loss", "val/bpb", "train/tokens", "train/elapsed_s")
+SCALAR_KEYS = ("train/tokens_per_s", "train/peak_mem_mb")
+
+
+@dataclass
+class RunData:
+    """One training run as the leaderboard sees it.
+
+    ``evals`` holds one dict per evaluation (``step``, ``val/loss``, ``val/bpb``, ``train/tokens``,
+    ``train/elapsed_s``), in step order; ``tokens_per_s`` is the median of the logged throughput
+    windows, ``peak_mem_mb`` the largest logged peak.
+    """
+
+    name: str
+    entry: str
+    seed: int
+    status: str
+    params: dict[str, Any] = field(default_factory=dict)
+    evals: list[dict[str, float]] = field(default_factory=list)
+    tokens_per_s: float | None = None
+    peak_mem_mb: float | None = None
+    error: str | None = None
+    run_id: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "FINISHED" and bool(self.evals) and self.error is None
+
+    @property
+    def final(self) -> dict[str, float]:
+        return self.evals[-1] if self.evals else {}
+
+    @classmethod
+    def from_metrics(cls, rows: Iterable[dict], **fields: Any) -> "RunData":
+        """Build from metric rows ``{"key", "value", "step"}`` (a run folder's ``metrics.jsonl`` or
+        MLflow's histories)."""
+        by_step: dict[int, dict[str, float]] = {}
+        tps: list[float] = []
+        mem: list[float] = []
+        for r in rows:
+            if r["key"] in SERIES_KEYS:
+                by_step.setdefault(int(r["step"]), {})[r["key"]] = float(r["value"])
+            elif r["key"] == "train/tokens_per_s":
+                tps.append(float(r["value"]))
+            elif r["key"] == "train/peak_mem_mb":
+                mem.append(float(r["value"]))
+        evals = [{"step": s, **v} for s, v in sorted(by_step.items()) if "val/bpb" in v]
+        return cls(evals=evals, tokens_per_s=statistics.median(tps) if tps else None, peak_mem_mb=max(mem) if mem else None, **fields)
+
+
+def welch_p_less(a: list[float], b: list[float]) -> float | None:
+    """One-sided Welch t-test p-value for mean(a) < mean(b); None with fewer than 2 values on a side."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    from scipy.stats import t as student_t
+
+    t, df = welch_t(a, b)
+    if math.isnan(t):
+        return None
+    return float(student_t.cdf(t, df))
+
+
+def welch_t(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Welch's t statistic of mean(a) - mean(b) and its Welch-Satterthwaite degrees of freedom."""
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    se2 = va + vb
+    diff = statistics.fmean(a) - statistics.fmean(b)
+    if se2 == 0:
+        return (-math.inf if diff < 0 else math.inf if diff > 0 else math.nan), math.inf
+    df = se2**2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    return diff / math.sqrt(se2), df
+
+
+def diff_band(a: list[float], b: list[float], level: float = 0.95) -> float | None:
+    """Half-width of the two-sided ``level`` Welch confidence interval of mean(a) - mean(b)."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    from scipy.stats import t as student_t
+
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    _, df = welch_t(a, b)
+    q = student_t.ppf(0.5 + level / 2, df) if math.isfinite(df) else 1.959963984540054
+    return float(q * math.sqrt(va + vb))
+
+
+@dataclass
+class EntryStats:
+    """One leaderboard row: an entry's runs over seeds, summarised."""
+
+    label: str
+    runs: list[RunData]
+    model: str = "-"
+    optimizer: str = "-"
+    tokenizer: str = "-"
+    n_params: float | None = None
+    bpb: list[float] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    p_value: float | None = None
+    baseline: bool = False
+
+    @property
+    def ok_runs(self) -> list[RunData]:
+        return [r for r in self.runs if r.ok]
+
+    @property
+    def errors(self) -> list[str]:
+        return [f"seed {r.seed}: {r.error or r.status.lower()}" for r in self.runs if not r.ok]
+
+    def mean(self, values: list[float]) -> float | None:
+        return statistics.fmean(values) if values else None
+
+    def std(self, values: list[float]) -> float | None:
+        return statistics.stdev(values) if len(values) >= 2 else None
+
+    def of_runs(self, get) -> float | None:
+        vals = [v for v in (get(r) for r in self.ok_runs) if v is not None]
+        return statistics.fmean(vals) if vals else None
+
+
+def summarize(runs: list[RunData], order: list[str], baseline: str | None = None) -> list[EntryStats]:
+    """Group ``runs`` by entry (in ``order``), compute statistics, and sort: the best mean val bpb
+    first, entries without a finished run last. p-values are against ``baseline`` (default: the
+    first entry of ``order``)."""
+    rows = {label: EntryStats(label, []) for label in order}
+    for r in runs:
+        rows.setdefault(r.entry, EntryStats(r.entry, [])).runs.append(r)
+    for e in rows.values():
+        e.runs.sort(key=lambda r: r.seed)
+        ref = e.ok_runs[0] if e.ok_runs else (e.runs[0] if e.runs else None)
+        if ref is not None:
+            e.model = str(ref.params.get("model.name", "-"))
+            e.optimizer = str(ref.params.get("optimizer.name", "-"))
+            e.tokenizer = str(ref.params.get("tokenizer", "-"))
+            e.n_params = _float(ref.params.get("n_params"))
+        e.bpb = [r.final["val/bpb"] for r in e.ok_runs]
+        e.loss = [r.final["val/loss"] for r in e.ok_runs]
+    base = baseline or (order[0] if order else None)
+    if base is not None and base not in rows:
+        from .errors import BlagptError
+
+        raise BlagptError(f"--baseline {base!r}: no such entry; entries: {', '.join(rows)}")
+    for e in rows.values():
+        e.baseline = e.label == base
+        if base is not None and not e.baseline:
+            e.p_value = welch_p_less(e.bpb, rows[base].bpb)
+    return sorted(rows.values(), key=lambda e: (not e.bpb, e.mean(e.bpb) if e.bpb else 0.0))
+
+
+# -- tables ------------------------------------------------------------------------------------
+
+COLUMNS = (
+    "entry", "model", "optimizer", "tokenizer", "params", "val loss (nats/token)", "val bpb",
+    "p vs baseline", "tokens/s", "peak mem (MiB)", "wall (s)", "tokens", "seeds", "status",
+)
+
+
+def table_rows(entries: list[EntryStats]) -> list[list[str]]:
+    """The leaderboard as strings, one list per entry, in :data:`COLUMNS` order."""
+    out = []
+    for e in entries:
+        ok, n = len(e.ok_runs), len(e.runs)
+        status = "ok" if ok == n and n else "; ".join(e.errors) or "not run"
+        out.append([
+            e.label + (" (baseline)" if e.baseline else ""),
+            e.model,
+            e.optimizer,
+            e.tokenizer,
+            _si(e.n_params),
+            _mean_std(e.mean(e.loss), e.std(e.loss)),
+            _mean_std(e.mean(e.bpb), e.std(e.bpb)),
+            "-" if e.p_value is None else f"{e.p_value:.3g}",
+            _fmt(e.of_runs(lambda r: r.tokens_per_s), "{:,.0f}"),
+            _fmt(e.of_runs(lambda r: r.peak_mem_mb), "{:,.0f}"),
+            _fmt(e.of_runs(lambda r: r.final.get("train/elapsed_s")), "{:,.1f}"),
+            _si(e.of_runs(lambda r: r.final.get("train/tokens"))),
+            f"{ok}/{n}",
+            status,
+        ])
+    return out
+
+
+def text_table(header: Iterable[str], rows: list[list[str]]) -> str:
+    rows = [list(header), *rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def markdown_table(header: Iterable[str], rows: list[list[str]]) -> str:
+    header = list(header)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def csv_table(entries: list[EntryStats]) -> str:
+    """Machine-readable leaderboard: full-precision numbers, one row per entry."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow([
+        "entry", "model", "optimizer", "tokenizer", "params", "val_loss_mean", "val_loss_std", "val_bpb_mean",
+        "val_bpb_std", "p_value", "tokens_per_s", "peak_mem_mb", "wall_s", "tokens", "seeds_ok", "seeds", "errors",
+    ])
+    for e in entries:
+        w.writerow([
+            e.label, e.model, e.optimizer, e.tokenizer, _num(e.n_params), _num(e.mean(e.loss)), _num(e.std(e.loss)),
+            _num(e.mean(e.bpb)), _num(e.std(e.bpb)), _num(e.p_value), _num(e.of_runs(lambda r: r.tokens_per_s)),
+            _num(e.of_runs(lambda r: r.peak_mem_mb)), _num(e.of_runs(lambda r: r.final.get("train/elapsed_s"))),
+            _num(e.of_runs(lambda r: r.final.get("train/tokens"))), len(e.ok_runs), len(e.runs), "; ".join(e.errors),
+        ])
+    return buf.getvalue()
+
+
+def write_leaderboard(entries: list[EntryStats], out_dir: Path, title: str, note: str = "") -> dict[str, Path]:
+    """``leaderboard.md``, ``leaderboard.csv`` and the two plots in ``out_dir``; returns their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = table_rows(entries)
+    paths = {"md": out_dir / "leaderboard.md", "csv": out_dir / "leaderboard.csv"}
+    paths["md"].write_text(f"# {title}\n\n{note}\n\n" + markdown_table(COLUMNS, rows))
+    paths["csv"].write_text(csv_table(entries))
+    paths.update(plot_curves(entries, out_dir))
+    return paths
+
+
+# -- plots -------------------------------------------------------------------------------------
+
+
+def mean_curve(runs: list[RunData], x_key: str) -> tuple[list[float], list[float], list[float]]:
+    """x, mean val bpb and its standard deviation over ``runs`` at each evaluation.
+
+    Evaluations are aligned by index, the last point being every run's final evaluation (under a
+    step or token budget all seeds evaluate at the same steps; under a time budget the step counts
+    differ and the final points still line up)."""
+    series = [r.evals for r in runs if r.evals]
+    if not series:
+        return [], [], []
+    n = min(len(s) for s in series)
+    xs, ys, sds = [], [], []
+    for i in range(n):
+        pts = [s[i] if i < n - 1 else s[-1] for s in series]
+        vals = [p["val/bpb"] for p in pts]
+        xs.append(statistics.fmean(p.get(x_key, math.nan) for p in pts))
+        ys.append(statistics.fmean(vals))
+        sds.append(statistics.stdev(vals) if len(vals) >= 2 else 0.0)
+    return xs, ys, sds
+
+
+def plot_curves(entries: list[EntryStats], out_dir: Path) -> dict[str, Path]:
+    """Val bpb against tokens and against training wall time: one line per entry (mean over
+    seeds) with a band of one standard deviation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = {}
+    for key, x_key, xlabel in (("tokens", "train/tokens", "training tokens"), ("time", "train/elapsed_s", "training wall time (s)")):
+        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+        for e in entries:
+            xs, ys, sds = mean_curve(e.ok_runs, x_key)
+            if not xs:
+                continue
+            (line,) = ax.plot(xs, ys, marker="o", markersize=3, label=f"{e.label} (n={len(e.ok_runs)})")
+            if len(e.ok_runs) >= 2:
+                ax.fill_between(xs, [y - s for y, s in zip(ys, sds)], [y + s for y, s in zip(ys, sds)], color=line.get_color(), alpha=0.2)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("val bits per byte")
+        ax.set_title(f"val bpb against {xlabel} (mean ± 1 sd over seeds)")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out_dir / f"bpb_vs_{key}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        out[f"png_{key}"] = path
+    return out
+
+
+# -- formatting --------------------------------------------------------------------------------
+
+
+def _float(v: Any) -> float | None:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else spec.format(v)
+
+
+def _num(v: float | None) -> str:
+    return "" if v is None else repr(float(v))
+
+
+def _mean_std(m: float | None, s: float | None) -> str:
+    if m is None:
+        return "-"
+    return f"{m:.4f}" + (f" ± {s:.4f}" if s is not None else "")
+
+
+def _si(v: float | None) -> str:
+    if v is None:
+        return "-"
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= div:
+            return f"{v / div:.2f}{suffix}"
+    return f"{v:.0f}"

@@ -106,6 +106,55 @@ def train(model, optimizer, config_file, sets, resume, until_step, tracking_uri,
         click.echo(f"see it: blagpt runs   or   {how}")
 
 
+@cli.command(context_settings=CONTEXT)
+@click.option("--run", "run_ref", required=True, metavar="RUN", help="The run: its folder, its name under --out-dir, or its MLflow run id.")
+@click.option("--prompt", default="", help="Text to continue (default: start a new document after end-of-text).")
+@click.option("--tokens", default=256, show_default=True, type=int, help="Most tokens to generate (stops earlier at end-of-text).")
+@click.option("--temperature", default=0.8, show_default=True, type=float, help="Softmax temperature; 0 picks the most likely token (greedy).")
+@click.option("--top-k", type=int, help="Sample only among the K most likely tokens (default: all).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the sampling generator (same seed, same text).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="Where to run the model.")
+@click.option("--out-dir", default="runs", show_default=True, help="Folder of run folders (train.out_dir of the run).")
+def sample(run_ref, prompt, tokens, temperature, top_k, seed, device, out_dir):
+    """Generate text from a run's checkpoint, printed as it is generated.
+
+    \b
+    Examples:
+      blagpt sample --run blagpt-20261127-120000-000 --prompt "ROMEO:"
+      blagpt sample --run runs/blagpt-20261127-120000-000 --tokens 500 --temperature 1 --top-k 50 --seed 3
+      blagpt sample --run <MLflow run id> --temperature 0        # greedy
+    """
+    from .errors import ConfigError
+
+    if tokens < 1:
+        raise ConfigError(f"--tokens: expected an integer >= 1, got {tokens}")
+    if temperature < 0:
+        raise ConfigError(f"--temperature: expected a number >= 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ConfigError(f"--top-k: expected an integer >= 1, got {top_k}")
+    import torch
+
+    from .sample import encode_prompt, generate, load_run, stream_text
+
+    run = load_run(run_ref, out_dir, device)
+    ids, cut = encode_prompt(prompt, run.tokenizer, run.context)
+    click.echo(
+        f"{run.run_dir.name}: model {run.config.model.name} at step {run.step}, {run.tokenizer.name} tokens, on {run.device.type}",
+        err=True,
+    )
+    if cut:
+        click.echo(f"the prompt is {len(ids) + cut} tokens; keeping its last {len(ids)} (the run's train.seq_len)", err=True)
+    gen = torch.Generator(device=run.device).manual_seed(seed)
+    click.echo(prompt, nl=False)
+    stream_text(
+        generate(run.model, ids, tokens, context=run.context, vocab_size=run.tokenizer.vocab_size, eot=run.tokenizer.eot,
+                 temperature=temperature, top_k=top_k, generator=gen, device=run.device, autocast_bf16=run.autocast_bf16),
+        run.tokenizer,
+        lambda text: click.echo(text, nl=False),
+    )
+    click.echo("")
+
+
 @cli.command("list", context_settings=CONTEXT)
 def list_cmd():
     """List installed models and optimizers (nothing is built).

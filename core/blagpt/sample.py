@@ -1,0 +1,204 @@
+"""Text from a trained run: load its checkpoint, generate token ids, decode them as they come.
+
+:func:`load_run` rebuilds a run's model from the config saved in its ``checkpoint.pt`` (loaded
+weights-only) through the ``build_model`` hook and loads the weights. :func:`generate` samples one
+token at a time using nothing but the hook contract ``forward(idx) -> logits``: each step runs the
+full forward on the last ``context`` tokens. :class:`StreamDecoder` turns token ids into text as
+they arrive, holding back the bytes of a UTF-8 character that a token ends in the middle of (every
+byte token does that for non-ASCII text, and so do some GPT-2 byte-level BPE tokens).
+:func:`stream_text` joins the two for the ``blagpt sample`` command.
+"""
+
+from __future__ import annotations
+
+import codecs
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import torch
+
+from . import checkpoint as ckpt
+from .data.tokenizers import Tokenizer, get_tokenizer
+from .errors import BlagptError, ConfigError
+from .plugins import Registry, get_registry
+from .specs import BuildContext
+
+
+@dataclass
+class LoadedRun:
+    """A run's model ready to sample from.
+
+    Attributes:
+        model: the rebuilt model with the checkpoint's weights, in eval mode, on ``device``.
+        tokenizer: the tokenizer the run trained with.
+        context: the longest input the model was trained on (``train.seq_len``).
+        run_dir: the run folder.
+        step: the optimizer step the checkpoint was written at.
+        config: the run's resolved config.
+        device: where the model lives.
+        autocast_bf16: whether the run trained under bf16 autocast on this device type (sampling
+            then uses it too).
+    """
+
+    model: torch.nn.Module
+    tokenizer: Tokenizer
+    context: int
+    run_dir: Path
+    step: int
+    config: Any
+    device: torch.device
+    autocast_bf16: bool = False
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` (CUDA when torch sees one, else CPU), ``cpu`` or ``cuda``; ``--device`` errors."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("--device: 'cuda' requested but torch sees no CUDA device")
+        return torch.device("cuda")
+    if device == "cpu":
+        return torch.device("cpu")
+    raise ConfigError(f"--device: expected auto, cpu or cuda, got {device!r}")
+
+
+def load_run(
+    ref: str, out_dir: str = "runs", device: str = "auto", registry: Registry | None = None, option: str = "--run"
+) -> LoadedRun:
+    """Rebuild the model of run ``ref`` (a folder, a run name under ``out_dir``, or an MLflow run id).
+
+    Errors (one line, naming ``option``): no such run, no checkpoint in it, a saved config the
+    installed plugins cannot resolve, weights that do not fit the rebuilt model.
+    """
+    from .config import resolve
+    from .train import find_run_dir
+
+    registry = registry or get_registry()
+    dev = resolve_device(device)
+    run_dir = find_run_dir(ref, out_dir, option=option)
+    path = run_dir / ckpt.CHECKPOINT
+    if not path.is_file():
+        raise BlagptError(f"{option} {ref}: {run_dir} has no {ckpt.CHECKPOINT} (a run writes it at its checkpoint interval and at the end)")
+    state = ckpt.load(path)
+    try:
+        cfg = resolve(state["config"], registry)
+    except ConfigError as e:
+        raise BlagptError(f"{option} {ref}: {path}: its saved config does not resolve with the installed plugins: {e}") from None
+    tok_name = cfg.tokenizer_name(registry)
+    tokenizer = get_tokenizer(tok_name)
+    ctx = BuildContext(tokenizer.vocab_size, cfg.train.seq_len, tok_name, compile=False, device=str(dev))
+    model = registry.build_model(cfg.model, ctx)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        first = next((ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()), str(e))
+        raise BlagptError(f"{option} {ref}: {path}: weights do not fit model {cfg.model.name!r}: {first}") from None
+    model.to(dev).eval()
+    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and dev.type == "cuda")
+    return LoadedRun(model, tokenizer, cfg.train.seq_len, run_dir, int(state["step"]), cfg, dev, bf16)
+
+
+@torch.no_grad()
+def generate(
+    model: torch.nn.Module,
+    prompt: Sequence[int],
+    max_new_tokens: int,
+    *,
+    context: int,
+    vocab_size: int,
+    eot: int | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    autocast_bf16: bool = False,
+) -> Iterator[int]:
+    """Yield up to ``max_new_tokens`` new token ids continuing ``prompt``, one at a time.
+
+    Each step feeds the last ``context`` ids (prompt and generated ones) to ``model`` and reads
+    the logits of the last position; logits of ids ``>= vocab_size`` (a model's padded vocabulary)
+    are never chosen. ``temperature == 0`` picks the argmax; otherwise the logits are divided by
+    ``temperature``, cut to the ``top_k`` largest (if given) and one id is drawn with
+    ``generator`` (on ``device``), so a seeded generator gives the same ids every time. Sampling
+    stops early, without yielding it, when ``eot`` is chosen.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if not prompt:
+        raise ValueError("prompt must hold at least one token id (e.g. the end-of-text id)")
+    device = torch.device(device)
+    ids = torch.tensor(list(prompt), dtype=torch.long, device=device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16)
+    for i in range(max_new_tokens):
+        with autocast:
+            logits = model(ids[-context:][None])
+        if logits.dim() != 3 or logits.shape[-1] < vocab_size:
+            raise BlagptError(f"model returned logits of shape {tuple(logits.shape)}; expected (1, T, >= {vocab_size})")
+        last = logits[0, -1, :vocab_size].float()
+        if not torch.isfinite(last).all():
+            raise BlagptError(f"model returned non-finite logits at generated token {i + 1}")
+        if temperature == 0:
+            nxt = int(last.argmax())
+        else:
+            last = last / temperature
+            if top_k is not None and top_k < vocab_size:
+                kth = torch.topk(last, top_k).values[-1]
+                last = last.masked_fill(last < kth, float("-inf"))
+            probs = torch.softmax(last, dim=-1)
+            nxt = int(torch.multinomial(probs, 1, generator=generator))
+        if eot is not None and nxt == eot:
+            return
+        yield nxt
+        ids = torch.cat([ids[-context:], ids.new_tensor([nxt])])
+
+
+class StreamDecoder:
+    """Token ids in, text out as soon as it is complete UTF-8.
+
+    ``feed(ids)`` returns the text the ids finish (possibly ``""`` while a character's bytes are
+    still arriving); ``flush()`` returns what is left, an unfinished character as U+FFFD.
+    """
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self._tokenizer = tokenizer
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, ids: Iterable[int]) -> str:
+        return self._utf8.decode(self._tokenizer.decode_bytes(list(ids)))
+
+    def flush(self) -> str:
+        return self._utf8.decode(b"", final=True)
+
+
+def stream_text(ids: Iterable[int], tokenizer: Tokenizer, write: Callable[[str], Any]) -> list[int]:
+    """Decode ``ids`` as they arrive and ``write`` each piece of text before taking the next id.
+
+    Returns the ids consumed.
+    """
+    decoder = StreamDecoder(tokenizer)
+    seen = []
+    for i in ids:
+        seen.append(i)
+        text = decoder.feed([i])
+        if text:
+            write(text)
+    tail = decoder.flush()
+    if tail:
+        write(tail)
+    return seen
+
+
+def encode_prompt(prompt: str, tokenizer: Tokenizer, context: int) -> tuple[list[int], int]:
+    """The prompt's ids, cut to its last ``context`` ids; an empty prompt is the end-of-text id.
+
+    Returns (ids, number of ids cut off the front).
+    """
+    ids = tokenizer.encode(prompt) if prompt else [tokenizer.eot]
+    cut = max(0, len(ids) - context)
+    return ids[cut:], cut

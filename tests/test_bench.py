@@ -130,7 +130,7 @@ def test_failing_entries_are_listed_with_their_reason_and_the_others_go_on(workd
     # a second run does not retry the failures unless asked
     again = run_cli(["bench", "--models", "tinylm@diverge,boom,tinylm@nope,tinylm", "--budget", "steps=6", "--no-track",
                      "--name", "b2", *BASE], cwd=workdir, env=env, plugins=("tinylm", "boom"))
-    assert "failed before (loss is nan at step 3" in again.stdout and "done already" in again.stdout
+    assert "failed before (TrainingDiverged: loss is nan at step 3" in again.stdout and "done already" in again.stdout
 
 
 def _start_bench(workdir, name):

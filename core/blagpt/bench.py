@@ -268,7 +268,7 @@ class Bench:
             self._stop = True
             self.echo(f"    -> stopped with a checkpoint; run the same command again to resume")
         else:
-            reason = _reason(rc, err_tail)
+            reason = meta.get("tags", {}).get("blagpt.error") or _reason(rc, err_tail)
             self.state["failures"][child.name] = reason
             self.echo(f"    -> FAILED: {reason}")
         self._save_state()

@@ -76,7 +76,7 @@ def run_data(client, runs: list[Any]) -> tuple[list[RunData], list[str]]:
         except ValueError:
             seed = 0
         out.append(RunData.from_metrics(rows, name=r.info.run_name, entry=label, seed=seed, status=r.info.status,
-                                        params=params, run_id=r.info.run_id))
+                                        params=params, run_id=r.info.run_id, error=r.data.tags.get("blagpt.error")))
     return out, order
 
 

@@ -474,6 +474,10 @@ def train(
                     result.interrupted = True
                     break
         status = "KILLED" if result.interrupted else "FINISHED"
+    except Exception as e:
+        if tracker is not None:  # why the run failed, for `blagpt compare` and the MLflow UI
+            tracker.log_params({}, {"blagpt.error": f"{type(e).__name__}: {' '.join(str(e).split())}"[:500]})
+        raise
     finally:
         if bar is not None:
             bar.close()

@@ -13,7 +13,7 @@ from .specs import LossOutput, OptimizerConfig, OptimizerSpec
 class AdamWConfig(OptimizerConfig):
     """torch.optim.AdamW (Loshchilov and Hutter 2019, arXiv 1711.05101)."""
 
-    name: str = "adamw"
+    name: str = Field(default="adamw", description="Registered optimizer name.")
     lr: float = Field(default=1e-3, gt=0, description="Peak learning rate.")
     beta1: float = Field(default=0.9, ge=0, lt=1, description="First-moment decay.")
     beta2: float = Field(default=0.95, ge=0, lt=1, description="Second-moment decay.")

@@ -284,6 +284,11 @@ def resolve(raw: dict[str, Any], registry: "Registry") -> RunConfig:
         raise ConfigError(
             f"data.tokenizer: model {cfg.model.name!r} supports {', '.join(supported)}, got {tok!r}"
         )
+    if cfg.train.compile and not registry.model_spec(cfg.model.name).supports_compile:
+        raise ConfigError(
+            f"train.compile: model {cfg.model.name!r} declares that it cannot be compiled "
+            "(its ModelSpec has supports_compile=False); set train.compile=false"
+        )
     return cfg
 
 

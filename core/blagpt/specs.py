@@ -63,6 +63,10 @@ class ModelSpec:
         tokenizers: tokenizers the model can train with, the first is the default
             (``"gpt2"`` or ``"bytes"``); ``data.tokenizer`` picks another.
         presets: named partial configs (field -> value); ``model.preset`` applies them in order.
+        supports_compile: whether ``torch.compile`` of the model is supported (forward and
+            backward agree with eager). ``False``: a run with ``train.compile=true`` is refused
+            with a config error naming ``train.compile``. The conformance kit
+            (``blagpt.testing``) checks whichever is declared.
     """
 
     name: str
@@ -70,6 +74,7 @@ class ModelSpec:
     description: str
     tokenizers: tuple[str, ...] = ("gpt2",)
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    supports_compile: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.tokenizers, str):
@@ -89,11 +94,16 @@ class OptimizerSpec:
         name: lower-case optimizer name used in ``--optimizer`` and ``optimizer.name``.
         config: the pydantic config class (an ``OptimizerConfig`` subclass).
         description: one line shown by ``blagpt list``.
+        supports_compile: whether the optimizer compiles its own kernels when the run compiles
+            (``BuildContext.compile``, from ``train.compile``). ``False`` (the default): it ignores
+            the flag, and a compiled run trains with its eager kernels. The conformance kit
+            (``blagpt.testing``) checks whichever is declared.
     """
 
     name: str
     config: type[OptimizerConfig]
     description: str
+    supports_compile: bool = False
 
     def __post_init__(self) -> None:
         if not (isinstance(self.config, type) and issubclass(self.config, OptimizerConfig)):

@@ -156,41 +156,6 @@ def test_no_weight_decay_on_vectors_and_embeddings(name):
         assert decayed == (p.dim() >= 2 and not n.startswith(("wte", "wpe"))), n
 
 
-@pytest.mark.parametrize("name", OURS)
-def test_core_trainer_resume_matches_the_uninterrupted_run(name, tmp_path):
-    """The real trainer: 8 steps straight vs 4 steps, checkpoint, resume, 4 more; same losses."""
-    from blagpt.config import resolve
-    from blagpt.train import train
-
-    reg = get_registry()
-    assert "tinylm" in reg.models, "the core's test model plugin tinylm (tests/plugins/tinylm) is not installed"
-    raw = {
-        "model": {"name": "tinylm", "d_model": 32, "n_layers": 1, "n_heads": 2},
-        "optimizer": {"name": name, **FIELDS.get(name, {})},
-        "data": {"tokenizer": "bytes"},
-        "train": {
-            "steps": 8, "seq_len": 32, "micro_batch_size": 4, "warmup_steps": 2, "eval_interval": 0,
-            "eval_tokens": 256, "log_interval": 1, "device": "cpu", "out_dir": str(tmp_path),
-        },
-        "tracking": {"enabled": False, "run_name": "straight"},
-    }
-    quiet = dict(registry=reg, progress=False, echo=lambda *a, **k: None)
-    straight = train(resolve(raw, reg), **quiet)
-    raw["tracking"]["run_name"] = "split"
-    first = train(resolve(raw, reg), until_step=4, **quiet)
-    assert first.step == 4
-    rest = train(resolve(raw, reg), resume="split", **quiet)
-
-    def losses(result):
-        return {h["step"]: h["train/loss"] for h in result.history if "train/loss" in h}
-
-    straight_losses, rest_losses = losses(straight), losses(rest)
-    assert set(rest_losses) >= {5, 6, 7, 8}
-    for step in (5, 6, 7, 8):
-        assert rest_losses[step] == straight_losses[step], f"{name}: step {step} differs after resuming"
-    assert rest.final["val/loss"] == straight.final["val/loss"]
-
-
 class DeclaresNoDecay(ZeroInitSandwichLM):
     """A model that exempts one hidden matrix from weight decay, as ``blagpt.param_groups`` allows."""
 

@@ -1,5 +1,6 @@
-"""The zamba2 model: the family's model checks, and what makes it Zamba2 (shared blocks that
-actually run, per-invocation adapters)."""
+"""The zamba2 model beyond blagpt.testing's conformance kit (test_conformance.py): what makes it
+Zamba2 (shared blocks that actually run, per-invocation adapters), generation through the
+caches, the presets' sizes."""
 
 from __future__ import annotations
 
@@ -71,30 +72,14 @@ def test_shared_weights_are_shared_and_adapters_are_per_invocation(registry):
         assert not torch.allclose(model_one(idx), before)
 
 
-def test_causal(registry):
-    testing.check_causal(build(registry), VOCAB, (MAX_T, 9, 5))
-
-
-def test_loss_at_init(registry):
-    testing.check_loss_at_init(build(registry), VOCAB, MAX_T)
+def test_loss_at_init_gpt2_vocab(registry):
+    # the conformance kit checks the bytes vocabulary; this is the padded 50304-entry one
     testing.check_loss_at_init(build(registry, vocab=50257), 50257, 16)
-
-
-def test_gradients_reach_every_parameter(registry):
-    testing.check_gradients_reach_every_parameter(build(registry), VOCAB, MAX_T)
-
-
-def test_state_dict_round_trip(registry):
-    testing.check_state_dict_round_trip(lambda seed: build(registry, seed), VOCAB, MAX_T)
 
 
 @pytest.mark.parametrize("rope", [True, False])
 def test_generation_through_the_state_matches_forward(registry, rope):
     testing.check_generation_matches_forward(build(registry, rope=rope), VOCAB, MAX_T, prompt_len=7)
-
-
-def test_loss_falls(registry):
-    testing.check_loss_falls(build(registry))
 
 
 def test_124m_preset_matches_gpt2_small(registry):

@@ -17,7 +17,7 @@ from blagpt import ModelConfig, ModelSpec, hookimpl
 
 
 class TinyLMConfig(ModelConfig):
-    name: str = "tinylm"
+    name: str = Field(default="tinylm", description="Registered model name.")
     d_model: int = Field(default=64, gt=0, description="Residual width.")
     n_layers: int = Field(default=2, gt=0, description="Transformer blocks.")
     n_heads: int = Field(default=4, gt=0, description="Attention heads (must divide d_model).")

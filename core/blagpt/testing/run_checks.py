@@ -1,0 +1,186 @@
+"""Checks that train: through the core trainer (``blagpt.train.train``) and ``torchrun``.
+
+Every run is on the CPU in fp32 on the embedded corpus, tracking off, in a temporary folder
+removed at exit. Two kinds of run are shared between the checks of one target within a process
+(cached by the target's identity, :attr:`ModelTarget.key`):
+
+* ``short``: ``SHORT_STEPS`` steps, a global batch of two micro-batches (gradient accumulation 2
+  in one process), every step's loss logged, one evaluation at the end. ``checkpoint_resume``
+  compares it with the same run stopped and resumed, ``ddp_matches_single_process`` with the
+  same config under ``torchrun`` on 2 gloo ranks, ``reports_bpb`` reads its evaluation.
+* ``long``: ``LONG_STEPS`` steps for ``loss_falls``.
+
+Targets must be deterministic (dropout and other training-time randomness off): with it, the
+ranks of a DDP run draw differently from one process.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+SHORT_STEPS = 6
+RESUME_AT = 3
+LONG_STEPS = 40
+EVAL_TOKENS = 1024
+LOSS_FALL_NATS = 0.5  # loss_falls: the final val loss is at least this far below step 1's loss
+DDP_RTOL = 1e-4
+DDP_TIMEOUT_S = 600
+
+_RUNS: dict[tuple[str, str], Any] = {}
+_WORKDIR: list[Path] = []
+
+
+def workdir() -> Path:
+    """This process's folder of run folders (removed when the process exits)."""
+    if not _WORKDIR:
+        path = Path(tempfile.mkdtemp(prefix="blagpt-testing-"))
+        atexit.register(shutil.rmtree, path, ignore_errors=True)
+        _WORKDIR.append(path)
+    return _WORKDIR[0]
+
+
+def run_fields(target, what: str) -> dict[str, Any]:
+    """The ``train`` section of a ``short`` or ``long`` run of ``target``."""
+    common = {"log_interval": 1, "eval_interval": 0, "eval_tokens": EVAL_TOKENS, "checkpoint_interval": 0,
+              "out_dir": str(workdir())}
+    if what == "short":
+        return {**common, "steps": SHORT_STEPS, "global_batch_size": 2 * target.micro_batch_size}
+    if what == "long":
+        return {**common, "steps": LONG_STEPS}
+    raise ValueError(what)
+
+
+def resolved_run(target, what: str):
+    """A fresh resolved config of a ``what`` run with a unique run name."""
+    r = target.resolve(**run_fields(target, what))
+    r.cfg.tracking.run_name = f"{target.kind}-{what}-{uuid.uuid4().hex[:10]}"
+    return r
+
+
+def _train(r, **kw):
+    from ..train import train
+
+    return train(r.cfg, registry=r.registry, progress=False, echo=lambda *a, **k: None, **kw)
+
+
+def shared_run(target, what: str):
+    """The target's ``short`` or ``long`` run, trained once per process."""
+    key = (target.key, what)
+    if key not in _RUNS:
+        _RUNS[key] = _train(resolved_run(target, what))
+    return _RUNS[key]
+
+
+def train_losses(history: list[dict]) -> dict[int, float]:
+    return {int(h["step"]): h["train/loss"] for h in history if "train/loss" in h}
+
+
+def check_checkpoint_resume(target) -> None:
+    """Through the core trainer: ``SHORT_STEPS / 2`` steps, stop (as ``--until-step`` does),
+    resume from the checkpoint, finish: bit-identical per-step train losses and the same final
+    val loss as the uninterrupted run; the checkpoint loads weights-only
+    (``blagpt.checkpoint.load``)."""
+    from .. import checkpoint as ckpt
+    from ..train import resume_config
+
+    full = shared_run(target, "short")
+    r = resolved_run(target, "short")
+    part = _train(r, until_step=RESUME_AT)
+    assert part.step == RESUME_AT and part.interrupted, f"--until-step {RESUME_AT} stopped at step {part.step}"
+    state = ckpt.load(part.run_dir / ckpt.CHECKPOINT)  # weights-only; raises BlagptError otherwise
+    assert state["step"] == RESUME_AT, f"the checkpoint holds step {state['step']}, expected {RESUME_AT}"
+    name, out_dir = r.cfg.tracking.run_name, r.cfg.train.out_dir
+    rest = _train(type(r)(r.registry, resume_config(name, out_dir, [], r.registry), r.ctx), resume=name)
+    a, b = train_losses(full.history), {**train_losses(part.history), **train_losses(rest.history)}
+    steps = list(range(1, SHORT_STEPS + 1))
+    assert sorted(b) == steps, f"the stopped and resumed runs logged steps {sorted(b)}, expected {steps}"
+    diff = [f"step {s}: {a[s]!r} vs {b[s]!r}" for s in steps if a[s] != b[s]]
+    assert not diff, (
+        f"stopping at step {RESUME_AT} and resuming changed the train losses (bit-identical expected): " + "; ".join(diff)
+        + " (the model or optimizer keeps state outside its state_dict, or draws randomness the checkpoint does not restore)"
+    )
+    assert rest.final["val/loss"] == full.final["val/loss"], (
+        f"final val loss after resuming {rest.final['val/loss']!r}, uninterrupted {full.final['val/loss']!r}"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def check_ddp_matches_single_process(target) -> None:
+    """The ``short`` run under ``torchrun`` with 2 gloo ranks (one micro-batch each) gives the
+    train losses of one process with the same global batch (gradient accumulation 2), within
+    relative 1e-4 at every step. Targets must be deterministic (no dropout)."""
+    single = shared_run(target, "short")
+    r = resolved_run(target, "short")
+    folder = workdir() / f"ddp-{uuid.uuid4().hex[:10]}"
+    folder.mkdir()
+    config, result = folder / "config.yaml", folder / "result.json"
+    config.write_text(r.cfg.to_yaml())
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+           "-m", "blagpt.testing.ddp_worker", str(config), str(result)]
+    if target.kind == "optimizer":
+        cmd.append("--probe")
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "BLAGPT_LOAD_PLUGINS": ",".join(target.owner_entry_points(r.registry)),
+        # what this process imports from (e.g. a plugin on a test's sys.path), the ranks do too
+        "PYTHONPATH": os.pathsep.join(p for p in sys.path if p and os.path.isdir(p)),
+    }
+    proc = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=DDP_TIMEOUT_S)
+    assert proc.returncode == 0 and result.is_file(), (
+        f"torchrun with 2 gloo ranks failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    )
+    ddp = train_losses(json.loads(result.read_text())["history"])
+    one = train_losses(single.history)
+    assert sorted(ddp) == sorted(one), f"DDP logged steps {sorted(ddp)}, one process {sorted(one)}"
+    diff = [f"step {s}: {ddp[s]:.6f} vs {one[s]:.6f}" for s in sorted(one)
+            if not math.isclose(ddp[s], one[s], rel_tol=DDP_RTOL, abs_tol=1e-6)]
+    assert not diff, (
+        "2 gloo ranks and one process with the same global batch disagree (DDP vs one process): " + "; ".join(diff)
+        + ". Targets must be deterministic: turn dropout and other training-time randomness off"
+    )
+
+
+def check_reports_bpb(target) -> None:
+    """A trainer run's final evaluation has finite ``val/loss``, ``val/bpb``, ``val/tokens`` and
+    ``val/bytes`` (counts > 0), and ``val/bpb == val/loss * val/tokens / (ln 2 * val/bytes)``."""
+    final = shared_run(target, "short").final
+    keys = ("val/loss", "val/bpb", "val/tokens", "val/bytes")
+    missing = [k for k in keys if k not in final]
+    assert not missing, f"the final evaluation lacks {missing} (has {sorted(final)})"
+    bad = {k: final[k] for k in keys if not math.isfinite(final[k])}
+    assert not bad, f"the final evaluation has non-finite values {bad} (LossOutput.nll must be finite next-token nats)"
+    assert final["val/tokens"] > 0 and final["val/bytes"] > 0, f"evaluated {final['val/tokens']} tokens, {final['val/bytes']} bytes"
+    want = final["val/loss"] * final["val/tokens"] / (math.log(2) * final["val/bytes"])
+    assert math.isclose(final["val/bpb"], want, rel_tol=1e-6), f"val/bpb {final['val/bpb']} != val/loss x tokens / (ln 2 x bytes) = {want}"
+
+
+def check_loss_falls(target) -> tuple[float, float]:
+    """A ``LONG_STEPS``-step trainer run on the embedded corpus: the final val loss is at least
+    ``LOSS_FALL_NATS`` below the train loss of step 1. Returns (step 1 loss, final val loss)."""
+    res = shared_run(target, "long")
+    first = train_losses(res.history).get(1)
+    final = res.final.get("val/loss")
+    assert first is not None and final is not None, "the run logged no step-1 loss or no final evaluation"
+    assert final < first - LOSS_FALL_NATS, (
+        f"loss did not fall: step 1 train loss {first:.3f}, final val loss after {LONG_STEPS} steps {final:.3f} "
+        f"(expected at least {LOSS_FALL_NATS} nats lower)"
+    )
+    return first, final

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import click
 import pytest
 from click.testing import CliRunner
 
 from blagpt.cli import cli
 
-COMMANDS = [
-    ["train"], ["list"], ["plugins"], ["config", "show"], ["config", "schema"], ["data", "prepare"], ["runs"], ["runs", "sync"],
-]
+
+def _commands(group, prefix=()):
+    """Every command path of the CLI, groups included (a new command is covered by itself)."""
+    out = []
+    for name, cmd in sorted(group.commands.items()):
+        path = [*prefix, name]
+        if not isinstance(cmd, click.Group) or cmd.invoke_without_command:
+            out.append(path)
+        if isinstance(cmd, click.Group):
+            out += _commands(cmd, path)
+    return out
+
+
+COMMANDS = _commands(cli)
+assert len(COMMANDS) >= 15, COMMANDS
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c))

@@ -178,32 +178,6 @@ def list_cmd():
     _warn_broken(reg)
 
 
-@cli.command(context_settings=CONTEXT)
-@click.option("--requirements", is_flag=True, help="Print installed plugin distributions as pip requirements.")
-def plugins(requirements):
-    """List plugin distributions, their versions and load errors.
-
-    \b
-    Examples:
-      blagpt plugins
-      blagpt plugins --requirements > plugins.txt    # reinstall elsewhere with pip install -r
-    """
-    from .plugins import get_registry
-
-    reg = get_registry()
-    if requirements:
-        for dist in sorted({p.dist: p.version for p in reg.plugins.values() if p.dist not in ("blagpt", "?")}.items()):
-            click.echo(f"{dist[0]}=={dist[1]}")
-        return
-    rows = [("PLUGIN", "DISTRIBUTION", "VERSION", "PROVIDES / ERROR")]
-    for info in reg.plugins.values():
-        provides = ", ".join([*(f"model {m}" for m in info.models), *(f"optimizer {o}" for o in info.optimizers)])
-        rows.append((info.name, info.dist, info.version, provides if info.ok else f"ERROR {info.error}"))
-    _table(rows)
-    for msg in reg.conflicts.values():
-        click.echo(f"CONFLICT {msg}", err=True)
-
-
 @cli.group(context_settings=CONTEXT)
 def config():
     """Show the resolved run config or its JSON Schema."""
@@ -371,7 +345,7 @@ def main() -> None:
         sys.exit(130)
 
 
-from . import cli_bench  # noqa: E402,F401 - registers bench, ablate and compare on the group
+from . import cli_bench, cli_plugins  # noqa: E402,F401 - register bench, ablate, compare; plugins, new-plugin
 
 if __name__ == "__main__":
     main()

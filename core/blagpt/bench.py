@@ -143,16 +143,16 @@ class Bench:
         self.registry = registry or get_registry()
         self.kind, self.seeds, self.echo, self.retry_failed = kind, seeds, echo, retry_failed
         self.launcher = launcher or [sys.executable]
-        self.base_raw = merge_sources(base=base_raw, sets=[] if _has(base_raw, "train", "eval_bytes") else [f"train.eval_bytes={DEFAULT_EVAL_BYTES}"])
+        has_eval_bytes = _section(base_raw, "train").get("eval_bytes") is not None
+        self.base_raw = merge_sources(base=base_raw, sets=[] if has_eval_bytes else [f"train.eval_bytes={DEFAULT_EVAL_BYTES}"])
         # the plan's identity: what changes results (tracking settings and the seed count do not)
         self.identity = {"kind": kind, **identity, "base": {k: v for k, v in self.base_raw.items() if k != "tracking"}}
         key = hashlib.sha1(json.dumps(self.identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
         self.name = name or f"{kind}-{key}"
         if not re.fullmatch(r"[A-Za-z0-9_.@+-]+", self.name):
             raise ConfigError(f"--name {self.name!r}: use letters, digits and . _ - @ + only")
-        train = self.base_raw.get("train", {}) if isinstance(self.base_raw.get("train"), dict) else {}
-        self.dir = Path(train.get("out_dir", "runs")) / self.name
-        tracking = self.base_raw.get("tracking", {}) if isinstance(self.base_raw.get("tracking"), dict) else {}
+        self.dir = Path(_section(self.base_raw, "train").get("out_dir", "runs")) / self.name
+        tracking = _section(self.base_raw, "tracking")
         self.tracking_enabled = tracking.get("enabled", True) is not False
         self.tracking_uri = tracking.get("uri")
         self.experiment = tracking.get("experiment", "blagpt")
@@ -187,7 +187,7 @@ class Bench:
         so every entry has a first result before any has a second."""
         from .config import merge_sources, resolve
 
-        base_seed = int(self.base_raw.get("train", {}).get("seed", 0)) if isinstance(self.base_raw.get("train"), dict) else 0
+        base_seed = int(_section(self.base_raw, "train").get("seed", 0))
         children = []
         for s in range(self.seeds):
             for e in entries:
@@ -384,8 +384,11 @@ def _config_digest(cfg) -> str:
     return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
 
 
-def _has(raw: dict, section: str, key: str) -> bool:
-    return isinstance(raw.get(section), dict) and raw[section].get(key) is not None
+def _section(raw: dict, name: str) -> dict:
+    """A section of a raw (unvalidated) config, or {} if it is missing or not a mapping (the
+    children's validation reports the latter)."""
+    section = raw.get(name)
+    return section if isinstance(section, dict) else {}
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -47,7 +47,8 @@ def register_models(register: Callable[["ModelSpec"], None]) -> None:
     build (``blagpt list`` and config validation run on these declarations alone).
 
     :param register: call it once per model with a :class:`blagpt.ModelSpec`
-        (name, pydantic config class, one-line description, tokenizers, presets).
+        (name, pydantic config class, one-line description, tokenizers, presets, and whether
+        ``torch.compile`` works on it: ``supports_compile``).
         Registering a name another plugin already registered is an error naming both
         distributions.
     :return: nothing (the return value is ignored).
@@ -68,7 +69,8 @@ def register_optimizers(register: Callable[["OptimizerSpec"], None]) -> None:
     """Register the optimizers this plugin provides.
 
     :param register: call it once per optimizer with a :class:`blagpt.OptimizerSpec`
-        (name, pydantic config class, one-line description).
+        (name, pydantic config class, one-line description, and ``supports_compile``: whether it
+        compiles its own kernels when the run compiles).
     :return: nothing (the return value is ignored).
 
     Not firstresult: every plugin's implementation is called, each in isolation.

@@ -39,6 +39,7 @@ from typing import Any, Callable
 
 from .errors import BlagptError, ConfigError
 from .leaderboard import RunData
+from .tracking import RunRecord
 
 BENCH_FILE = "bench.json"
 DEFAULT_EVAL_BYTES = 65536
@@ -167,7 +168,7 @@ class Bench:
         if not path.exists():
             return {"identity": self.identity, "failures": {}, "created": time.strftime("%Y-%m-%d %H:%M:%S")}
         state = json.loads(path.read_text())
-        if json.loads(json.dumps(state.get("identity"), default=str)) != json.loads(json.dumps(self.identity, default=str)):
+        if state.get("identity") != json.loads(json.dumps(self.identity, default=str)):  # as bench.json holds it
             raise BlagptError(
                 f"{self.dir}: a {state.get('identity', {}).get('kind', 'bench')} named {self.name!r} with another plan exists; "
                 "pick another --name (or delete that folder)"
@@ -368,8 +369,7 @@ class Bench:
                       run_id=meta.get("mlflow_run_id"))
         if child.config is None or not (run_dir / "metrics.jsonl").exists():
             return RunData(**fields)
-        rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-        return RunData.from_metrics(rows, **fields)
+        return RunData.from_metrics(RunRecord(run_dir).read_metrics(), **fields)
 
 
 # -- helpers of this module ----------------------------------------------------------------------
@@ -399,11 +399,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _last_eval(run_dir: Path) -> float | None:
-    try:
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    except OSError:
-        return None
-    vals = [json.loads(x)["value"] for x in lines if '"val/bpb"' in x]
+    vals = [r["value"] for r in RunRecord(run_dir).read_metrics() if r["key"] == "val/bpb"]
     return vals[-1] if vals else None
 
 

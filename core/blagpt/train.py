@@ -13,8 +13,7 @@ import os
 import signal
 import sys
 import time
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -250,14 +249,14 @@ def train(
 
     # model, budget and optimizer (a FLOP budget needs the built model's FLOPs per token)
     tokens_per_step = layout.global_batch * t.seq_len
-    known = None if t.budget_kind == "flops" else budget_for(t, tokens_per_step, None).steps
-    ctx = BuildContext(tokenizer.vocab_size, t.seq_len, tok_name, t.compile, str(d.device), total_steps=known)
+    budget = None if t.budget_kind == "flops" else budget_for(t, tokens_per_step, None)
+    ctx = BuildContext(tokenizer.vocab_size, t.seq_len, tok_name, t.compile, str(d.device), total_steps=budget and budget.steps)
     torch.manual_seed(t.seed)
     model = registry.build_model(cfg.model, ctx).to(d.device)
     fpt = model.flops_per_token(t.seq_len) if hasattr(model, "flops_per_token") else None
-    budget = budget_for(t, tokens_per_step, fpt)
+    budget = budget or budget_for(t, tokens_per_step, fpt)
     steps = budget.steps  # None under a wall-clock budget
-    optimizer = registry.build_optimizer(model, cfg.optimizer, dataclasses.replace(ctx, total_steps=steps))
+    optimizer = registry.build_optimizer(model, cfg.optimizer, replace(ctx, total_steps=steps))
     peak_lrs = [g["lr"] for g in optimizer.param_groups]
     start, elapsed = 0, 0.0  # elapsed: seconds spent in training steps, over resumes
     if state is not None:

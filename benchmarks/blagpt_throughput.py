@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from blagpt import Batch
+from blagpt.nn import padded_vocab
 
 from blagpt_plugin_blagpt import PRESETS, BlaGPT, BlaGPTConfig, compute_loss
 
@@ -115,7 +116,7 @@ def main() -> None:
     cfg = BlaGPTConfig(**{**PRESETS["gpt2"], **PRESETS[args.size]})
     torch.manual_seed(0)
     ours = BlaGPT(cfg, args.vocab, args.seq_len).to(dev)
-    V = cfg.padded_vocab(args.vocab)
+    V = padded_vocab(args.vocab, cfg.vocab_multiple)
     refs = []
     for _ in range(2):  # one per loss flavour, same initialisation
         torch.manual_seed(1)

@@ -9,7 +9,7 @@ and reports the next-token head's NLL, so runs with and without MTP compare.
 
 from __future__ import annotations
 
-from blagpt import LossOutput, ModelSpec, hookimpl
+from blagpt import ConfigError, LossOutput, ModelSpec, hookimpl
 
 from .model import BlaGPT, BlaGPTConfig, Pattention, grow_parameter_tokens, parameter_count
 
@@ -93,6 +93,11 @@ def register_models(register):
 def build_model(name, config, ctx):
     if name != NAME:
         return None
+    if ctx.max_seq_len < config.n_predict:  # the last head would have no target: a NaN loss or a crash
+        raise ConfigError(
+            f"model.n_predict: predicting {config.n_predict} tokens ahead needs train.seq_len >= {config.n_predict}, "
+            f"got train.seq_len={ctx.max_seq_len}"
+        )
     return BlaGPT(config, ctx.vocab_size, ctx.max_seq_len)
 
 

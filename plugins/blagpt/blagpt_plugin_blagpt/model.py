@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from blagpt import ModelConfig
+from blagpt.nn import Rotary, padded_vocab, vocab_multiple_field
 
 Activation = Literal["swiglu", "geglu", "gelu", "relu", "relu2", "silu"]
 GATED = {"swiglu": F.silu, "geglu": F.gelu}
@@ -122,9 +123,7 @@ class BlaGPTConfig(ModelConfig):
         default=True,
         description="Share the token embedding with the output head (Press and Wolf 2016, arXiv 1608.05859).",
     )
-    vocab_multiple: int = Field(
-        default=64, gt=0, description="Pad the embedding/head rows up to a multiple of this (50257 -> 50304)."
-    )
+    vocab_multiple: int = vocab_multiple_field()
     logit_softcap: float | None = Field(
         default=None,
         gt=0,
@@ -225,9 +224,6 @@ class BlaGPTConfig(ModelConfig):
     def mlp_tokens(self) -> int:
         return self.mlp_param_tokens or max(1, round(self.mlp_ratio * self.d_model))
 
-    def padded_vocab(self, vocab_size: int) -> int:
-        return self.vocab_multiple * math.ceil(vocab_size / self.vocab_multiple)
-
 
 # -- layers -----------------------------------------------------------------------------------
 
@@ -276,23 +272,6 @@ def grow_tokens(keys, values, n_tokens, std, generator=None):
     return torch.cat([keys, new_k]), torch.cat([values, new_v.to(values)])
 
 
-class Rotary(nn.Module):
-    """RoPE tables for positions 0..max_seq_len-1 (rotate-half layout)."""
-
-    def __init__(self, head_dim: int, max_seq_len: int, base: float) -> None:
-        super().__init__()
-        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-        angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)
-        self.register_buffer("cos", angles.cos().float(), persistent=False)
-        self.register_buffer("sin", angles.sin().float(), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, H, D)
-        T = x.shape[1]
-        cos, sin = self.cos[:T, None, :].to(x.dtype), self.sin[:T, None, :].to(x.dtype)
-        x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-
-
 class Attention(nn.Module):
     """Causal (grouped-query) self-attention with optional QK-norm, RoPE and score soft-capping."""
 
@@ -325,7 +304,7 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if self.rotary[0] is not None:
-            q, k = self.rotary[0](q), self.rotary[0](k)
+            q, k = self.rotary[0](q, seq_dim=1), self.rotary[0](k, seq_dim=1)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         p = self.cfg.dropout if self.training else 0.0
         if self.cfg.attn_softcap is None:
@@ -484,7 +463,7 @@ class BlaGPT(nn.Module):
         self.cfg = cfg
         self.vocab_size = vocab_size
         self.max_seq_len = max_seq_len
-        V = cfg.padded_vocab(vocab_size)
+        V = padded_vocab(vocab_size, cfg.vocab_multiple)
         self.wte = nn.Embedding(V, cfg.d_model)
         self.wpe = nn.Embedding(max_seq_len, cfg.d_model) if cfg.pos_encoding == "learned" else None
         self.rotary = Rotary(cfg.head_dim, max_seq_len, cfg.rope_base) if cfg.pos_encoding == "rope" else None
@@ -584,7 +563,7 @@ class BlaGPT(nn.Module):
 def parameter_count(cfg: BlaGPTConfig, vocab_size: int, max_seq_len: int) -> int:
     """The number of parameters of ``BlaGPT(cfg, vocab_size, max_seq_len)``, by the README's formula."""
     d, hd, H, K = cfg.d_model, cfg.head_dim, cfg.n_heads, cfg.kv_heads
-    V = cfg.padded_vocab(vocab_size)
+    V = padded_vocab(vocab_size, cfg.vocab_multiple)
     norm = d * (2 if cfg.norm_type == "layernorm" and cfg.bias else 1)
     q, kv = H * hd, K * hd
     if cfg.pattention_attn:

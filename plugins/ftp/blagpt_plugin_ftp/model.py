@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from blagpt import ModelConfig
+from blagpt.nn import padded_vocab, vocab_multiple_field
 
 
 class FTPConfig(ModelConfig):
@@ -68,7 +69,7 @@ class FTPConfig(ModelConfig):
     )
     mlp_ratio: float = Field(default=4.0, gt=0, description="MLP hidden width as a multiple of d_model.")
     bias: bool = Field(default=True, description="Biases in linear layers and LayerNorms (GPT-2 style).")
-    vocab_multiple: int = Field(default=64, gt=0, description="Pad the embedding/head to a multiple of this.")
+    vocab_multiple: int = vocab_multiple_field()
 
     @model_validator(mode="after")
     def _check(self) -> "FTPConfig":
@@ -160,7 +161,7 @@ class FTP(nn.Module):
         self.vocab_size = vocab_size
         self.max_seq_len = max_seq_len
         d = cfg.d_model
-        self.padded_vocab = math.ceil(vocab_size / cfg.vocab_multiple) * cfg.vocab_multiple
+        self.padded_vocab = padded_vocab(vocab_size, cfg.vocab_multiple)
         self.tok_emb = nn.Embedding(self.padded_vocab, d)
         self.pos_emb = nn.Embedding(max_seq_len, d)
         self.encoder = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.n_layers))

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 
 from blagpt import ModelConfig
+from blagpt.nn import apply_rotary, padded_vocab, rotary_tables, vocab_multiple_field
 
 Level = tuple[int, int]  # (layers, shortening factor relative to the full resolution)
 
@@ -87,7 +88,7 @@ class HourglassConfig(ModelConfig):
     bias: bool = Field(default=True, description="Biases in linear layers and LayerNorms (GPT-2 style).")
     rope_base: float = Field(default=10000.0, gt=0, description="RoPE base; positions count within each resolution.")
     tie_embeddings: bool = Field(default=True, description="Share the token embedding with the output head.")
-    vocab_multiple: int = Field(default=64, gt=0, description="Pad embedding/head rows to a multiple of this.")
+    vocab_multiple: int = vocab_multiple_field()
     init_std: float = Field(default=0.02, gt=0, description="Std of the normal initialisation of weights.")
     dropout: float = Field(default=0.0, ge=0, lt=1, description="Dropout on attention weights and residual branches.")
 
@@ -126,30 +127,23 @@ class HourglassConfig(ModelConfig):
     def n_layers(self) -> int:
         return sum(n for n, _ in self.hierarchy)
 
-    def padded_vocab(self, vocab_size: int) -> int:
-        return self.vocab_multiple * math.ceil(vocab_size / self.vocab_multiple)
-
 
 # -- layers -----------------------------------------------------------------------------------
 
 
-def rope(x: torch.Tensor, pos: torch.Tensor, base: float) -> torch.Tensor:
-    """Rotary embedding (Su et al. 2021, arXiv 2104.09864) of x (B, H, L, D) at positions pos (L,)."""
-    D = x.shape[-1]
-    inv_freq = base ** (-torch.arange(0, D, 2, device=x.device, dtype=torch.float32) / D)
-    ang = pos.to(torch.float32)[:, None] * inv_freq
-    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-
-
 class Attention(nn.Module):
-    """Multi-head attention of queries over keys/values from another (or the same) sequence."""
+    """Multi-head attention of queries over keys/values from another (or the same) sequence.
+
+    Queries and keys get rotary embeddings (Su et al. 2021, arXiv 2104.09864) at the positions
+    the caller gives, which need not be 0 .. L-1 (a shortened vector sits at the position of the
+    first full-resolution vector that reads it).
+    """
 
     def __init__(self, cfg: HourglassConfig) -> None:
         super().__init__()
         d = cfg.d_model
         self.n_heads, self.base, self.dropout = cfg.n_heads, cfg.rope_base, cfg.dropout
+        self.head_dim = d // cfg.n_heads
         self.q = nn.Linear(d, d, bias=cfg.bias)
         self.kv = nn.Linear(d, 2 * d, bias=cfg.bias)
         self.proj = nn.Linear(d, d, bias=cfg.bias)
@@ -160,9 +154,11 @@ class Attention(nn.Module):
         return x.view(B, L, self.n_heads, -1).transpose(1, 2)
 
     def forward(self, x, ctx, q_pos, k_pos, mask=None, causal=False):
-        q = rope(self._heads(self.q(x)), q_pos, self.base)
+        q_rot = rotary_tables(q_pos, self.head_dim, self.base)
+        k_rot = q_rot if k_pos is q_pos else rotary_tables(k_pos, self.head_dim, self.base)
+        q = apply_rotary(self._heads(self.q(x)), *q_rot)
         k, v = self.kv(ctx).chunk(2, dim=-1)
-        k, v = rope(self._heads(k), k_pos, self.base), self._heads(v)
+        k, v = apply_rotary(self._heads(k), *k_rot), self._heads(v)
         p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, dropout_p=p)
         return self.proj(y.transpose(1, 2).flatten(2))
@@ -292,7 +288,7 @@ class Hourglass(nn.Module):
     def __init__(self, cfg: HourglassConfig, vocab_size: int, max_seq_len: int) -> None:
         super().__init__()
         self.cfg, self.vocab_size, self.max_seq_len = cfg, vocab_size, max_seq_len
-        V = cfg.padded_vocab(vocab_size)
+        V = padded_vocab(vocab_size, cfg.vocab_multiple)
         self.wte = nn.Embedding(V, cfg.d_model)
         self.levels = HourglassLevel(cfg)
         self.ln_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias)

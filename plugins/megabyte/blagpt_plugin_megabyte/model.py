@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from blagpt import ModelConfig
+from blagpt.nn import padded_vocab, vocab_multiple_field
 
 
 class MegaByteConfig(ModelConfig):
@@ -56,9 +57,7 @@ class MegaByteConfig(ModelConfig):
     tie_embeddings: bool = Field(
         default=False, description="Share the local token embedding E_l with the output head."
     )
-    vocab_multiple: int = Field(
-        default=64, gt=0, description="Pad the vocabulary of embeddings and head to a multiple of this."
-    )
+    vocab_multiple: int = vocab_multiple_field()
 
     @model_validator(mode="after")
     def _shapes(self) -> "MegaByteConfig":
@@ -106,7 +105,7 @@ class MegaByte(nn.Module):
         c = self.config = config
         P = c.patch_size
         self.vocab_size = vocab_size
-        V = math.ceil(vocab_size / c.vocab_multiple) * c.vocab_multiple
+        V = padded_vocab(vocab_size, c.vocab_multiple)
         self.max_seq_len = max_seq_len
         # The native model sees T + 1 positions padded to whole patches; the last patch never
         # enters the global transformer (the shift drops it), so positions of the others suffice.

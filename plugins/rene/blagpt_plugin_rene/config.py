@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from blagpt.nn import vocab_multiple_field
 from blagpt_plugin_ssm import Mamba2LayerFields
 
 LayerKind = Literal["mamba2", "mlp", "attn"]
@@ -36,7 +37,7 @@ class ReneConfig(Mamba2LayerFields):
     mlp_expand: int = Field(default=3, gt=0, description="MLP hidden width as a multiple of d_model (GeLU).")
     mlp_bias: bool = Field(default=True, description="Biases in the MLP's linear layers.")
     tie_embeddings: bool = Field(default=True, description="Share the input embedding with the output head.")
-    pad_vocab_multiple: int = Field(default=64, gt=0, description="Pad the vocabulary up to a multiple of this.")
+    vocab_multiple: int = vocab_multiple_field()
 
     @model_validator(mode="after")
     def _valid_layout(self) -> "ReneConfig":

@@ -18,7 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from blagpt_plugin_ssm import Mamba2, Mamba2State, init_lm_weights, padded_vocab
+from blagpt.nn import padded_vocab
+from blagpt_plugin_ssm import Mamba2, Mamba2State, init_lm_weights
 
 from .config import ReneConfig
 
@@ -91,7 +92,7 @@ class ReneLM(nn.Module):
     def __init__(self, cfg: ReneConfig, vocab_size: int, max_seq_len: int) -> None:
         super().__init__()
         self.cfg = cfg
-        self.vocab_size = padded_vocab(vocab_size, cfg.pad_vocab_multiple)
+        self.vocab_size = padded_vocab(vocab_size, cfg.vocab_multiple)
         self.max_seq_len = max_seq_len
         self.kinds = cfg.layer_kinds()
         d = cfg.d_model

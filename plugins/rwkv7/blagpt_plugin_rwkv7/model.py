@@ -38,6 +38,7 @@ from pydantic import Field, model_validator
 from torch.utils.checkpoint import checkpoint
 
 from blagpt import ModelConfig
+from blagpt.nn import padded_vocab, vocab_multiple_field
 
 from .wkv import MAX_ABS_LOG_W, MAX_CHUNK_SIZE, wkv7_chunked, wkv7_fla, wkv7_recurrent
 
@@ -95,9 +96,7 @@ class RWKV7Config(ModelConfig):
         "(activation checkpointing of the delta rule): ~25 fewer (B, T, d_model) fp32 tensors per layer for "
         "one more kernel forward per step.",
     )
-    vocab_multiple: int = Field(
-        default=64, gt=0, description="Pad the embedding/head rows up to a multiple of this (50257 -> 50304)."
-    )
+    vocab_multiple: int = vocab_multiple_field()
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "RWKV7Config":
@@ -286,7 +285,7 @@ class RWKV7(nn.Module):
         self.cfg = cfg
         self.vocab_size = vocab_size
         self.max_seq_len = max_seq_len
-        padded = -(-vocab_size // cfg.vocab_multiple) * cfg.vocab_multiple
+        padded = padded_vocab(vocab_size, cfg.vocab_multiple)
         C = cfg.d_model
         self.emb = nn.Embedding(padded, C)
         self.ln0 = nn.LayerNorm(C)

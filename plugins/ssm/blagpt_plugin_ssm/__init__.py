@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from blagpt import ConfigError, ModelSpec, hookimpl
 
-from .config import Mamba2Config, Mamba2LayerFields, padded_vocab
+from .config import Mamba2Config, Mamba2LayerFields
 from .mamba2 import GatedRMSNorm, Mamba2, Mamba2State, fused_kernels_available, segsum, ssd_chunked, ssd_recurrent, ssd_step
 from .model import Mamba2Block, Mamba2LM, init_lm_weights
 
@@ -29,7 +29,6 @@ __all__ = [
     "check_kernel_device",
     "fused_kernels_available",
     "init_lm_weights",
-    "padded_vocab",
     "segsum",
     "ssd_chunked",
     "ssd_recurrent",

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from blagpt import ModelConfig
+from blagpt.nn import vocab_multiple_field
 
 
 class Mamba2LayerFields(ModelConfig):
@@ -69,9 +70,4 @@ class Mamba2Config(Mamba2LayerFields):
     d_model: int = Field(default=768, gt=0, description="Residual width.")
     n_layers: int = Field(default=23, gt=0, description="Mamba-2 layers.")
     tie_embeddings: bool = Field(default=True, description="Share the input embedding with the output head.")
-    pad_vocab_multiple: int = Field(default=64, gt=0, description="Pad the vocabulary up to a multiple of this.")
-
-
-def padded_vocab(vocab_size: int, multiple: int) -> int:
-    """``vocab_size`` rounded up to a multiple of ``multiple`` (50257 -> 50304 for 64)."""
-    return -(-vocab_size // multiple) * multiple
+    vocab_multiple: int = vocab_multiple_field()

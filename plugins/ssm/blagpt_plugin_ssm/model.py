@@ -13,7 +13,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .config import Mamba2Config, padded_vocab
+from blagpt.nn import padded_vocab
+
+from .config import Mamba2Config
 from .mamba2 import Mamba2, Mamba2State
 
 
@@ -48,7 +50,7 @@ class Mamba2LM(nn.Module):
     def __init__(self, cfg: Mamba2Config, vocab_size: int, max_seq_len: int) -> None:
         super().__init__()
         self.cfg = cfg
-        self.vocab_size = padded_vocab(vocab_size, cfg.pad_vocab_multiple)
+        self.vocab_size = padded_vocab(vocab_size, cfg.vocab_multiple)
         self.max_seq_len = max_seq_len
         self.embed = nn.Embedding(self.vocab_size, cfg.d_model)
         self.layers = nn.ModuleList(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
+from blagpt.nn import vocab_multiple_field
 from blagpt_plugin_ssm import Mamba2LayerFields
 
 
@@ -26,7 +27,7 @@ class Zamba2Config(Mamba2LayerFields):
     rope: bool = Field(default=True, description="Rotary position embeddings in the shared attention.")
     rope_base: float = Field(default=10000.0, gt=0, description="Rotary base frequency.")
     tie_embeddings: bool = Field(default=True, description="Share the input embedding with the output head.")
-    pad_vocab_multiple: int = Field(default=64, gt=0, description="Pad the vocabulary up to a multiple of this.")
+    vocab_multiple: int = vocab_multiple_field()
 
     @model_validator(mode="after")
     def _has_attention(self) -> "Zamba2Config":

@@ -26,7 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from blagpt_plugin_ssm import Mamba2, Mamba2State, init_lm_weights, padded_vocab
+from blagpt.nn import apply_rotary, padded_vocab, rotary_tables
+from blagpt_plugin_ssm import Mamba2, Mamba2State, init_lm_weights
 
 from .config import Zamba2Config
 
@@ -63,17 +64,6 @@ class KVCache:
     v: torch.Tensor | None = None
 
 
-def rotary(x: torch.Tensor, pos: torch.Tensor, base: float) -> torch.Tensor:
-    """Rotary position embedding (Su et al. 2021) of x (b, heads, T, head_dim) at positions ``pos``
-    (T,), rotating pairs (i, i + head_dim/2)."""
-    half = x.size(-1) // 2
-    freqs = base ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
-    angles = pos.float()[:, None] * freqs[None, :]  # (T, half)
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-    x1, x2 = x[..., :half], x[..., half:]
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
-
-
 class SharedBlock(nn.Module):
     """The shared transformer block: attention over [h ; e] (width 2d) and a gated-GeLU MLP."""
 
@@ -99,8 +89,9 @@ class SharedBlock(nn.Module):
         q = heads(self.q(x) + inv.q(x))
         k = heads(self.k(x) + inv.k(x))
         v = heads(self.v(x) + inv.v(x))
-        if self.rope:
-            q, k = rotary(q, pos, self.rope_base), rotary(k, pos, self.rope_base)
+        if self.rope:  # Su et al. 2021, arXiv 2104.09864; pos continues the cache's positions
+            cos, sin = rotary_tables(pos, self.head_dim, self.rope_base)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None and cache.k is not None:
             k, v = torch.cat([cache.k, k], dim=2), torch.cat([cache.v, v], dim=2)
         if cache is not None:
@@ -149,7 +140,7 @@ class Zamba2LM(nn.Module):
     def __init__(self, cfg: Zamba2Config, vocab_size: int, max_seq_len: int) -> None:
         super().__init__()
         self.cfg = cfg
-        self.vocab_size = padded_vocab(vocab_size, cfg.pad_vocab_multiple)
+        self.vocab_size = padded_vocab(vocab_size, cfg.vocab_multiple)
         self.max_seq_len = max_seq_len
         self.hybrid_layers = cfg.hybrid_layer_ids()
         self.embed = nn.Embedding(self.vocab_size, cfg.d_model)

@@ -42,8 +42,8 @@ def one(model: str, preset: str, tokenizer: str, seq_len: int, repeats: int) -> 
 
     from blagpt.config import merge_sources, resolve
     from blagpt.data.tokenizers import get_tokenizer
-    from blagpt.plugins import Registry
-    from blagpt.specs import Batch, BuildContext
+    from blagpt.plugin.registry import Registry
+    from blagpt.plugin.specs import Batch, BuildContext
 
     reg = Registry.load(only=[model])
     cfg = resolve(merge_sources(sets=[f"model.name={model}", f"model.preset={preset}", f"data.tokenizer={tokenizer}"]), reg)
@@ -63,8 +63,8 @@ def one(model: str, preset: str, tokenizer: str, seq_len: int, repeats: int) -> 
 
 def quality(model: str, preset: str, tokenizer: str, steps: int) -> dict:
     from blagpt.config import merge_sources, resolve
-    from blagpt.plugins import Registry
-    from blagpt.train import train
+    from blagpt.plugin.registry import Registry
+    from blagpt import train
 
     reg = Registry.load(only=[model])
     sets = [f"model.name={model}", f"model.preset={preset}", f"data.tokenizer={tokenizer}", f"train.steps={steps}",

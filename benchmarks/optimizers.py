@@ -7,7 +7,7 @@
 
 Every optimizer trains the same model (same initialisation, same batches of the embedded
 Shakespeare corpus) with its registered defaults, under the trainer's default schedule (linear
-warmup, cosine decay to 10%, from ``blagpt.config.TrainConfig`` and ``blagpt.train.lr_factor``)
+warmup, cosine decay to 10%, from ``blagpt.config.TrainConfig`` and ``blagpt.run.schedule.lr_factor``)
 and gradient clipping at 1. Printed, one row per optimizer:
 
 - ``step ms``: median wall time of a whole training step (forward, backward, clip, optimizer);
@@ -37,8 +37,8 @@ from blagpt.config import TrainConfig, parse_set, resolve
 from blagpt.data.prepare import embedded_dataset
 from blagpt.data.shards import read_shard
 from blagpt.data.tokenizers import get_tokenizer
-from blagpt.plugins import get_registry
-from blagpt.train import lr_factor
+from blagpt.plugin.registry import get_registry
+from blagpt.run.schedule import lr_factor
 
 OPTIMIZERS = ["adamw", "soap", "ademamix", "adopt", "muon"]
 

@@ -106,7 +106,7 @@ def bench_scan(seq_len: int, batch: int, chunk_size: int, repeats: int) -> None:
 
 def baseline_spec() -> tuple[str, dict, str]:
     """(model name, raw model config, note) of the transformer to compare against."""
-    from blagpt.plugins import get_registry
+    from blagpt.plugin.registry import get_registry
 
     reg = get_registry()
     if "blagpt" in reg.models and {"gpt2", "124m"} <= set(reg.models["blagpt"].presets):
@@ -133,7 +133,7 @@ def bench_one(raw_model: dict, batch: int, seq_len: int, steps: int, device: str
 
     from blagpt import BuildContext
     from blagpt.config import resolve
-    from blagpt.plugins import get_registry
+    from blagpt.plugin.registry import get_registry
 
     reg = get_registry()
     cfg = resolve({"model": raw_model}, reg).model

@@ -102,7 +102,7 @@ def model_worker(which: str, batch: int, seq_len: int, steps: int) -> None:
 
     from blagpt import BuildContext
     from blagpt.config import apply_presets
-    from blagpt.plugins import Registry
+    from blagpt.plugin.registry import Registry
 
     reg = Registry.load()
     ctx = BuildContext(vocab_size=50257, max_seq_len=max(seq_len, 1024), tokenizer="gpt2")

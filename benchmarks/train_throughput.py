@@ -15,9 +15,9 @@ import time
 import torch
 
 from blagpt.config import merge_sources, resolve
-from blagpt.plugins import Registry
-from blagpt.specs import Batch, BuildContext
-from blagpt.train import train
+from blagpt.plugin.registry import Registry
+from blagpt.plugin.specs import Batch, BuildContext
+from blagpt import train
 
 
 def main() -> None:

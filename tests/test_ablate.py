@@ -10,10 +10,10 @@ import statistics
 
 import pytest
 
-from blagpt.ablate import Step, parse_try
-from blagpt.bench import Entry, parse_budget, parse_models, with_budget
+from blagpt.compare.ablate import Step, parse_try
+from blagpt.compare.plan import Entry, parse_budget, parse_models, with_budget
 from blagpt.errors import ConfigError
-from blagpt.leaderboard import diff_band, welch_p_less, welch_t
+from blagpt.compare.leaderboard import diff_band, welch_p_less, welch_t
 
 from conftest import BENCH_BASE, run_cli
 
@@ -58,7 +58,7 @@ def test_argument_parsing():
     assert parse_budget("time=90") == "train.time_s=90.0"
     assert parse_budget("steps=1k") == "train.steps=1000"
     for bad, msg in (("tokens", "expected tokens=N"), ("epochs=3", "expected tokens=N"), ("tokens=abc", "is not a number"),
-                     ("time=-1s", "must be positive")):
+                     ("time=-1s", "must be a positive, finite number"), ("time=inf", "must be a positive, finite number")):
         with pytest.raises(ConfigError, match=f"--budget .*{msg}"):
             parse_budget(bad)
     entries = parse_models("blagpt@gpt2+tiny,rene", ["adamw", "soap"])

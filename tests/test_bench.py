@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from blagpt.leaderboard import welch_p_less
+from blagpt.compare.leaderboard import welch_p_less
 
 from conftest import BENCH_BASE, fake_plugin, run_cli
 
@@ -134,59 +134,86 @@ def test_failing_entries_are_listed_with_their_reason_and_the_others_go_on(workd
 
 
 def _start_bench(workdir, name):
-    cmd = [sys.executable, "-m", "blagpt", "bench", "--models", "tinylm,tinylm@slow", "--budget", "steps=8", "--no-track",
+    """A bench of two runs; the second (preset ``held``) waits at its 6th step (after the
+    checkpoint of step 4) until the file ``hold`` exists, so the test acts at a known step."""
+    cmd = [sys.executable, "-m", "blagpt", "bench", "--models", "tinylm,tinylm@held", "--budget", "steps=8", "--no-track",
            "--name", name, "--set", "train.checkpoint_interval=2", *BASE]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "BLAGPT_LOAD_PLUGINS": "tinylm", "BLAGPT_STRICT_PLUGINS": "0"}
     return cmd, env, subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for_checkpoint_of_second_run(proc, workdir, name):
+def _wait(cond, what, timeout=300):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"{what} never happened"
+        time.sleep(0.05)
+
+
+def _second_run_held(proc, workdir, name):
+    """The second run's folder, once that run waits at its hold (step 5 done, checkpoint at 4)."""
     for line in proc.stdout:
-        if line.startswith("[2/2] tinylm@slow seed 0: training"):
+        if line.startswith("[2/2] tinylm@held seed 0: training"):
             run = line.split("training ")[1].strip()
             break
     else:
-        raise AssertionError("the bench never started its second run")
-    run_dir = workdir / "runs" / name / run
-    deadline = time.monotonic() + 120
-    while not (run_dir / "checkpoint.pt").exists():
-        assert time.monotonic() < deadline, "no checkpoint of the second run"
-        time.sleep(0.1)
-    return run_dir
+        raise AssertionError("the bench never started its second run: " + proc.stderr.read())
+    _wait(lambda: (workdir / "hold.waiting").exists(), "the hold of the second run")
+    return workdir / "runs" / name / run
 
 
 def _status(run_dir):
     return json.loads((run_dir / "run.json").read_text()).get("status")
 
 
-@pytest.mark.slow
-def test_a_killed_bench_resumes_finished_runs_kept_the_interrupted_one_from_its_checkpoint(workdir):
-    cmd, env, proc = _start_bench(workdir, "b3")
-    run_dir = _wait_for_checkpoint_of_second_run(proc, workdir, "b3")
-    proc.kill()  # SIGKILL: no handler runs in the bench; its run gets SIGTERM (parent-death signal)
-    proc.wait()
-    deadline = time.monotonic() + 60
-    while _status(run_dir) == "RUNNING":
-        assert time.monotonic() < deadline, "the orphaned run did not stop"
-        time.sleep(0.2)
-    assert _status(run_dir) == "KILLED"
-    stopped_at = max(metrics(run_dir, "train/loss"))
-    assert 2 <= stopped_at < 8
-
+def _rerun_resumes(cmd, env, workdir, run_dir):
     again = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "[1/2] tinylm seed 0: done already" in again.stdout
-    assert f"[2/2] tinylm@slow seed 0: resuming {run_dir.name} from its checkpoint" in again.stdout
+    assert f"[2/2] tinylm@held seed 0: resuming {run_dir.name} from its checkpoint" in again.stdout, again.stdout
     assert _status(run_dir) == "FINISHED"
     assert sorted(metrics(run_dir, "train/loss")) == list(range(1, 9))  # every step once
 
 
 @pytest.mark.slow
+def test_a_killed_bench_resumes_finished_runs_kept_the_interrupted_one_from_its_checkpoint(workdir):
+    cmd, env, proc = _start_bench(workdir, "b3")
+    run_dir = _second_run_held(proc, workdir, "b3")
+    proc.kill()  # SIGKILL: no handler runs in the bench; its run gets SIGTERM (parent-death signal)
+    proc.wait()
+    (workdir / "hold").write_text("")  # the orphaned run finishes its step, checkpoints and stops
+    _wait(lambda: _status(run_dir) != "RUNNING", "the orphaned run's stop")
+    assert _status(run_dir) == "KILLED"
+    assert max(metrics(run_dir, "train/loss")) == 6
+    _rerun_resumes(cmd, env, workdir, run_dir)
+
+
+@pytest.mark.slow
 def test_ctrl_c_stops_the_bench_with_a_checkpoint_and_exit_130(workdir):
-    _, _, proc = _start_bench(workdir, "b4")
-    run_dir = _wait_for_checkpoint_of_second_run(proc, workdir, "b4")
+    cmd, env, proc = _start_bench(workdir, "b4")
+    run_dir = _second_run_held(proc, workdir, "b4")
     proc.send_signal(signal.SIGINT)
+    (workdir / "hold").write_text("")
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, out + err
     assert "interrupted: run the same command again to resume" in err
-    assert _status(run_dir) == "KILLED" and (run_dir / "checkpoint.pt").exists()
+    assert _status(run_dir) == "KILLED" and max(metrics(run_dir, "train/loss")) == 6
+    _rerun_resumes(cmd, env, workdir, run_dir)
+
+
+@pytest.mark.slow
+def test_ctrl_c_twice_stops_the_run_at_once_and_a_rerun_still_resumes_it(workdir):
+    cmd, env, proc = _start_bench(workdir, "b5")
+    run_dir = _second_run_held(proc, workdir, "b5")
+    proc.send_signal(signal.SIGINT)
+    for line in proc.stdout:  # the bench passed the first Ctrl-C on
+        if "stopping: the running run checkpoints" in line:
+            break
+    err_log = workdir / "runs" / "b5" / "logs" / f"{run_dir.name}.err"
+    _wait(lambda: "SIGINT: stopping after this step" in err_log.read_text(), "the run's acknowledgement of the first Ctrl-C")
+    proc.send_signal(signal.SIGINT)  # the second: stop at once, mid-step (the run is still held)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    assert _status(run_dir) == "KILLED" and max(metrics(run_dir, "train/loss")) == 5
+    assert json.loads((run_dir / "run.json").read_text())["checkpoint_step"] == 4
+    (workdir / "hold").write_text("")
+    _rerun_resumes(cmd, env, workdir, run_dir)

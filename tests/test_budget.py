@@ -9,9 +9,9 @@ import pytest
 
 from blagpt.config import TrainConfig, merge_sources, resolve
 from blagpt.errors import ConfigError
-from blagpt.plugins import Registry
-from blagpt.schedule import lr_factor, lr_factor_time
-from blagpt.train import train
+from blagpt.plugin.registry import Registry
+from blagpt.run.schedule import lr_factor, lr_factor_time
+from blagpt import train
 
 from conftest import TINY
 

@@ -9,7 +9,7 @@ import yaml
 
 from blagpt.config import merge_sources, resolve
 from blagpt.errors import ConfigError
-from blagpt.plugins import Registry
+from blagpt.plugin.registry import Registry
 
 from conftest import run_cli
 

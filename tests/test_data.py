@@ -82,7 +82,7 @@ def test_tokens_of_another_tokenizer_are_refused(tmp_path):
          "--set", f"data.train={tmp_path}/train_*.bin", "--set", f"data.val={tmp_path}/val_*.bin"],
         cwd=tmp_path,
     )
-    assert proc.returncode == 1 and "outside the tokenizer's vocabulary of 257" in proc.stderr
+    assert proc.returncode == 1 and "outside the bytes tokenizer's vocabulary of 257" in proc.stderr
 
 
 def test_split_is_by_text_so_both_tokenizers_see_the_same_validation_bytes(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from blagpt.plugins import PluginError, Registry
+from blagpt.plugin.registry import PluginError, Registry
 
 from conftest import fake_plugin, run_cli
 

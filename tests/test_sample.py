@@ -16,9 +16,10 @@ from blagpt.config import merge_sources, resolve
 from blagpt.data.prepare import embedded_documents, prepare
 from blagpt.data.tokenizers import get_tokenizer
 from blagpt.errors import BlagptError
-from blagpt.plugins import Registry
-from blagpt.sample import StreamDecoder, encode_prompt, generate, load_run, resolve_device, stream_text
-from blagpt.train import find_run_dir, train
+from blagpt.plugin.registry import Registry
+from blagpt.run.sample import StreamDecoder, encode_prompt, generate, load_run, resolve_device, stream_text
+from blagpt.run.rundir import RunDir
+from blagpt.run.trainer import train
 
 from conftest import TINY, run_cli
 
@@ -84,7 +85,7 @@ def step_logits(run, prompt_ids, generated):
 
 
 def test_loaded_run_is_the_checkpoint_in_eval_mode(runs, out):
-    from blagpt import checkpoint as ckpt
+    from blagpt.run import checkpoint as ckpt
 
     run = runs["bytes"]
     saved = ckpt.load(out / "bytes" / "checkpoint.pt")["model"]
@@ -273,12 +274,12 @@ def test_prompt_is_cut_to_the_context_and_empty_starts_at_end_of_text():
     assert encode_prompt("abc", tok, 4) == ([97, 98, 99], 0)
 
 
-def test_find_run_dir_names_the_option(out):
+def test_finding_a_run_names_the_option(out):
     with pytest.raises(BlagptError, match=r"^--resume nope: no run folder"):
-        find_run_dir("nope", str(out))
+        RunDir.find("nope", str(out))
     with pytest.raises(BlagptError, match=r"^--run nope: no run folder"):
-        find_run_dir("nope", str(out), option="--run")
-    assert find_run_dir("bytes", str(out)) == out / "bytes"
+        RunDir.find("nope", str(out), option="--run")
+    assert RunDir.find("bytes", str(out)).path == out / "bytes"
 
 
 def test_device_choice():
@@ -336,7 +337,7 @@ def test_cli_finds_a_run_by_its_mlflow_run_id(runs, out, tmp_path):
         (["--run", "nope"], "error: --run nope: no run folder, run name under"),
         (["--run", "empty"], "error: --run empty: "),
         (["--run", "bytes", "--tokens", "0"], "error: --tokens: expected an integer >= 1, got 0"),
-        (["--run", "bytes", "--temperature", "-0.5"], "error: --temperature: expected a number >= 0, got -0.5"),
+        (["--run", "bytes", "--temperature", "-0.5"], "error: --temperature: expected a finite number >= 0, got -0.5"),
         (["--run", "bytes", "--top-k", "0"], "error: --top-k: expected an integer >= 1, got 0"),
     ],
     ids=["unknown-run", "no-checkpoint", "tokens", "temperature", "top-k"],

@@ -22,7 +22,7 @@ from packaging.requirements import Requirement
 
 from blagpt.cli import cli
 from blagpt.errors import BlagptError
-from blagpt.scaffold import check_name, create_plugin, names, render
+from blagpt.plugin.scaffold import check_name, create_plugin, names, render
 
 from conftest import fake_plugin, run_cli
 

@@ -11,11 +11,12 @@ import sys
 import pytest
 import torch
 
-from blagpt import checkpoint as ckpt
+from blagpt.run import checkpoint as ckpt
 from blagpt.config import merge_sources, resolve
 from blagpt.errors import ConfigError
-from blagpt.plugins import Registry
-from blagpt.train import TrainingDiverged, resume_config, train
+from blagpt.plugin.registry import Registry
+from blagpt.run.resume import resume_config
+from blagpt.run.trainer import TrainingDiverged, train
 
 from conftest import TINY, free_port, run_cli
 

@@ -1,6 +1,16 @@
 """blagpt: train language-model architectures installed as plugins, and compare them fairly.
 
-The public API for plugin authors is what this module exports; everything else is internal.
+The public API is what this module exports (for plugin authors: the specs, ``hookimpl``,
+``param_groups`` and the errors; for scripts: ``train(cfg)``), plus two public modules:
+``blagpt.nn`` (optional building blocks plugins share) and ``blagpt.testing`` (the conformance kit).
+Everything else is internal; its layout shows the core's parts:
+
+- ``blagpt.plugin``: the plugin contract (hookspecs, specs, the registry, the built-in plugin);
+- ``blagpt.config``: the run config schema; ``blagpt.data``: tokenizers, shards, loaders;
+- ``blagpt.run``: one run (its folder, the trainer, checkpoints, MLflow tracking, sampling);
+- ``blagpt.compare``: many runs (bench, ablate, compare, the leaderboard);
+- ``blagpt.cli``: the ``blagpt`` command.
+
 Names are imported on first use, so ``blagpt --help`` does not pay for pydantic or torch.
 """
 
@@ -12,18 +22,20 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Batch": "specs",
-    "BuildContext": "specs",
-    "LossOutput": "specs",
-    "ModelConfig": "specs",
-    "ModelSpec": "specs",
-    "OptimizerConfig": "specs",
-    "OptimizerSpec": "specs",
+    "Batch": "plugin.specs",
+    "BuildContext": "plugin.specs",
+    "LossOutput": "plugin.specs",
+    "ModelConfig": "plugin.specs",
+    "ModelSpec": "plugin.specs",
+    "OptimizerConfig": "plugin.specs",
+    "OptimizerSpec": "plugin.specs",
     "BlagptError": "errors",
     "ConfigError": "errors",
     "DataError": "errors",
-    "hookimpl": "hookspecs",
-    "param_groups": "builtins",
+    "hookimpl": "plugin.hookspecs",
+    "param_groups": "plugin.builtins",
+    "train": "run.trainer",
+    "TrainResult": "run.trainer",
 }
 
 __all__ = [*_EXPORTS, "__version__"]
@@ -42,7 +54,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from .builtins import param_groups
+    from .plugin.builtins import param_groups
     from .errors import BlagptError, ConfigError, DataError
-    from .hookspecs import hookimpl
-    from .specs import Batch, BuildContext, LossOutput, ModelConfig, ModelSpec, OptimizerConfig, OptimizerSpec
+    from .plugin.hookspecs import hookimpl
+    from .plugin.specs import Batch, BuildContext, LossOutput, ModelConfig, ModelSpec, OptimizerConfig, OptimizerSpec
+    from .run.trainer import TrainResult, train

@@ -19,10 +19,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from .errors import ConfigError
-from .specs import ModelConfig, OptimizerConfig
+from .plugin.specs import ModelConfig, OptimizerConfig
 
 if TYPE_CHECKING:
-    from .plugins import Registry
+    from .plugin.registry import Registry
 
 
 class _Section(BaseModel):
@@ -181,13 +181,16 @@ def read_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: config file not found")
+    if p.suffix not in (".toml", ".yaml", ".yml"):
+        raise ConfigError(f"{p}: expected a .yaml, .yml or .toml config file")
     try:
-        if p.suffix == ".toml":
-            data = tomllib.loads(p.read_text())
-        elif p.suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(p.read_text()) or {}
-        else:
-            raise ConfigError(f"{p}: expected a .yaml, .yml or .toml config file")
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}: {e.reason}); save the config file as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read the config file ({e.strerror or e})") from None
+    try:
+        data = tomllib.loads(text) if p.suffix == ".toml" else (yaml.safe_load(text) or {})
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"{p}: not valid {p.suffix[1:].upper()}: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
@@ -236,6 +239,17 @@ def merge_sources(
     return raw
 
 
+BUDGETS = ("steps", "tokens", "flops", "time_s")
+
+
+def replace_budget(raw: dict[str, Any], item: str) -> dict[str, Any]:
+    """``raw`` with its budget replaced by ``item`` (a ``train.<budget>=value`` set): one budget
+    at a time, so setting ``train.tokens`` drops a ``train.steps`` the config had."""
+    train = raw.get("train") if isinstance(raw.get("train"), dict) else {}
+    kept = {k: v for k, v in train.items() if k not in BUDGETS}
+    return merge_sources(base={**raw, "train": kept}, sets=[item])
+
+
 # -- validation ---------------------------------------------------------------------------
 
 
@@ -253,7 +267,7 @@ def concrete_class(registry: "Registry", model: str, optimizer: str) -> type[Run
 
 def resolve(raw: dict[str, Any], registry: "Registry") -> RunConfig:
     """Validate a raw merged config against the plugins' schemas; presets applied first."""
-    from .plugins import PluginError
+    from .plugin.registry import PluginError
 
     raw = copy.deepcopy(raw)
     for section in ("model", "optimizer"):
@@ -331,10 +345,22 @@ def format_validation_error(e: ValidationError, cls: type[BaseModel]) -> str:
     return "; ".join(parts)
 
 
+def _field(node: Any, part: str):
+    """The field of model class ``node`` that input key ``part`` validates (its name or an alias)."""
+    fields = getattr(node, "model_fields", None) or {}
+    if part in fields:
+        return fields[part]
+    for f in fields.values():
+        choices = getattr(f.validation_alias, "choices", None) or [f.validation_alias]
+        if part in choices:
+            return f
+    return None
+
+
 def _fields_at(cls: type[BaseModel], loc: list[str]) -> list[str]:
     node: Any = cls
     for part in loc:
-        field = getattr(node, "model_fields", {}).get(part)
+        field = _field(node, part)
         if field is None:
             return []
         node = field.annotation
@@ -345,10 +371,10 @@ def _expected(cls: type[BaseModel], loc: list[str]) -> str:
     node: Any = cls
     field = None
     for part in loc:
-        fields = getattr(node, "model_fields", None)
-        if not fields or part not in fields:
+        found = _field(node, part)
+        if found is None:  # e.g. a list index: describe the field that holds it
             break
-        field = fields[part]
+        field = found
         node = field.annotation
     if field is None:
         return "a valid value"

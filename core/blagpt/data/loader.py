@@ -11,6 +11,7 @@ so ranks read disjoint sequences and the whole state of every rank is the single
 from __future__ import annotations
 
 import glob as globlib
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,12 +22,18 @@ from .shards import read_shard
 
 
 class TokenStream:
-    """Shards of one split, read as one memory-mapped sequence of tokens."""
+    """Shards of one split, read as one memory-mapped sequence of tokens.
 
-    def __init__(self, pattern: str, what: str) -> None:
-        paths = sorted(globlib.glob(pattern))
+    ``field``: the config field the pattern came from (``data.train``), named in errors.
+    """
+
+    def __init__(self, pattern: str, what: str, field: str | None = None) -> None:
+        where = f"{field}: " if field else ""
+        if os.path.isdir(pattern):
+            raise DataError(f"{where}{pattern} is a folder; expected a glob of shard files such as {os.path.join(pattern, '*.bin')!r}")
+        paths = sorted(p for p in globlib.glob(pattern) if not os.path.isdir(p))
         if not paths:
-            raise DataError(f"{pattern}: no {what} shards match this pattern")
+            raise DataError(f"{where}{pattern}: no {what} shards match this pattern")
         self.paths = paths
         self.arrays = [read_shard(p) for p in paths]
         self.starts = np.cumsum([0] + [len(a) for a in self.arrays])
@@ -48,6 +55,25 @@ class TokenStream:
             filled += take
             i += 1
         return out
+
+
+def check_token_ids(stream: TokenStream, tokenizer, field: str, sample_tokens: int = 1 << 20) -> None:
+    """Refuse shards that another tokenizer made, before training on them: ids beyond the
+    tokenizer's vocabulary, or (for a large vocabulary) ids that all stay within the byte range,
+    as shards of the ``bytes`` tokenizer do. Checked on the first ``sample_tokens`` of the split."""
+    sample = stream.read(0, min(len(stream), sample_tokens))
+    top = int(sample.max()) if len(sample) else 0
+    if top >= tokenizer.vocab_size:
+        raise DataError(
+            f"{field}: {stream.pattern}: token id {top} is outside the {tokenizer.name} tokenizer's vocabulary of "
+            f"{tokenizer.vocab_size}; were these shards made with another tokenizer?"
+        )
+    bytes_vocab = 257
+    if tokenizer.vocab_size > bytes_vocab and len(sample) >= 4096 and top < bytes_vocab:
+        raise DataError(
+            f"{field}: {stream.pattern}: all of the first {len(sample):,} token ids are below {bytes_vocab}, as in shards of "
+            f"the bytes tokenizer, not {tokenizer.name}; prepare the data with --tokenizer {tokenizer.name} or train with data.tokenizer=bytes"
+        )
 
 
 @dataclass

@@ -98,10 +98,11 @@ def prepare(
     val_fraction: float = 0.05,
     shard_tokens: int = 100_000_000,
     progress: bool = False,
+    option: str = "out_dir",
 ) -> dict[str, int]:
     """Tokenize ``documents`` into ``train_NNNNNN.bin`` and ``val_NNNNNN.bin`` shards in ``out_dir``.
 
-    Returns the token count of each split.
+    Returns the token count of each split. ``option`` names ``out_dir`` in errors (``--out``).
     """
     if not 0 < val_fraction < 1:
         raise DataError(f"val_fraction must be between 0 and 1, got {val_fraction}")
@@ -113,7 +114,13 @@ def prepare(
     if not train_docs or not val_docs:
         raise DataError(f"input too small to split into train and val ({len(docs)} document(s))")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test.{os.getpid()}.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise DataError(f"{option} {out}: cannot write shards there ({e.strerror or e})") from None
     bar = None
     if progress:
         from tqdm import tqdm

@@ -44,6 +44,8 @@ def read_shard(path: str | Path) -> np.ndarray:
         size = path.stat().st_size
     except FileNotFoundError:
         raise DataError(f"{path}: shard file not found") from None
+    if not path.is_file():
+        raise DataError(f"{path}: not a regular file; expected a token shard")
     if size < HEADER_BYTES:
         raise DataError(f"{path}: truncated shard: {size} bytes, shorter than the {HEADER_BYTES}-byte header")
     header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)

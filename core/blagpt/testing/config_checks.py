@@ -19,7 +19,7 @@ WRONG_VALUES = ({"bad": 1}, ["bad", 1], "not a valid value \u2639")
 
 
 def _spec(target, reg):
-    from ..plugins import PluginError
+    from ..plugin.registry import PluginError
 
     lookup = reg.model_spec if target.kind == "model" else reg.optimizer_spec
     try:
@@ -35,7 +35,7 @@ def check_entry_point(target) -> None:
     field has a description."""
     from pydantic import ValidationError
 
-    from ..plugins import CORE_DIST, GROUP
+    from ..plugin.registry import CORE_DIST, GROUP
 
     reg = target.registry()
     spec = _spec(target, reg)

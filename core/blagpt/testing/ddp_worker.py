@@ -27,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from ..config import merge_sources, resolve
     from ..errors import BlagptError
-    from ..plugins import Registry
-    from ..train import train
+    from ..plugin.registry import Registry
+    from ..run.trainer import train
 
     try:
         reg = Registry.load()

@@ -74,7 +74,7 @@ def check_loss_at_init(target) -> float:
     """Through the ``compute_loss`` hook on random tokens at initialisation: the loss is a finite
     scalar, ``nll`` is finite of shape (B, T), and its mean is ln(vocab) within 0.3 nats.
     Returns the measured mean."""
-    from ..specs import Batch, LossOutput
+    from ..plugin.specs import Batch, LossOutput
 
     model, r = build(target)
     vocab = r.ctx.vocab_size
@@ -101,7 +101,7 @@ def check_gradients_reach_every_parameter(target) -> None:
     """One backward pass of the ``compute_loss`` loss gives every trainable parameter a finite
     gradient (zero is allowed: upstream of a zero-initialised projection it is exactly zero at
     initialisation), and not every gradient is zero."""
-    from ..specs import Batch
+    from ..plugin.specs import Batch
 
     model, r = build(target)
     model.train()
@@ -187,7 +187,7 @@ def check_compile(target) -> None:
     refused with a ConfigError naming ``train.compile``."""
     from ..config import resolve
     from ..errors import ConfigError
-    from ..specs import Batch
+    from ..plugin.specs import Batch
 
     reg = target.registry()
     spec = reg.model_spec(target.name)

@@ -28,7 +28,7 @@ def _build(target, seed: int, r: Resolved | None = None, **train):
 
 
 def _step(model, opt, r: Resolved, toks: torch.Tensor) -> float:
-    from ..specs import Batch
+    from ..plugin.specs import Batch
 
     loss = r.registry.compute_loss(model, Batch(toks), r.cfg.model).loss
     loss.backward()

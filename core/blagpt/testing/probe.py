@@ -1,7 +1,7 @@
 """The probe: a tiny causal LM the conformance kit trains to exercise optimizer plugins.
 
 It is a plugin like any other (``register_models`` and ``build_model`` hooks), but it has no entry
-point: :func:`add_probe` registers it into one :class:`blagpt.plugins.Registry` in-process, and the
+point: :func:`add_probe` registers it into one :class:`blagpt.plugin.registry.Registry` in-process, and the
 kit's DDP worker does the same under ``torchrun``. The model is registered as ``PROBE_NAME`` and
 holds one parameter of every role an optimizer has to handle: an embedding table, learned
 positions, hidden 2-D matrices (attention and MLP), a 3-D weight (a depthwise causal
@@ -18,8 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field
 
-from ..hookspecs import hookimpl
-from ..specs import ModelConfig, ModelSpec
+from ..plugin.hookspecs import hookimpl
+from ..plugin.specs import ModelConfig, ModelSpec
 
 PROBE_NAME = "blagpt-testing-probe"
 PLUGIN_NAME = "blagpt-testing-probe"
@@ -84,13 +84,13 @@ def build_model(name, config, ctx):
 
 
 def add_probe(registry) -> None:
-    """Register the probe into ``registry`` (a :class:`blagpt.plugins.Registry`), in-process.
+    """Register the probe into ``registry`` (a :class:`blagpt.plugin.registry.Registry`), in-process.
 
-    Raises :class:`blagpt.plugins.PluginError` if it cannot be registered (e.g. an installed
+    Raises :class:`blagpt.plugin.registry.PluginError` if it cannot be registered (e.g. an installed
     plugin already registers the name).
     """
     from .. import __version__
-    from ..plugins import PluginError, PluginInfo
+    from ..plugin.registry import PluginError, PluginInfo
 
     if PROBE_NAME in registry.models:
         return

@@ -1,4 +1,4 @@
-"""Checks that train: through the core trainer (``blagpt.train.train``) and ``torchrun``.
+"""Checks that train: through the core trainer (``blagpt.train``) and ``torchrun``.
 
 Every run is on the CPU in fp32 on the embedded corpus, tracking off, in a temporary folder
 removed at exit. Two kinds of run are shared between the checks of one target within a process
@@ -69,7 +69,7 @@ def resolved_run(target, what: str):
 
 
 def _train(r, **kw):
-    from ..train import train
+    from ..run.trainer import train
 
     return train(r.cfg, registry=r.registry, progress=False, echo=lambda *a, **k: None, **kw)
 
@@ -90,18 +90,19 @@ def check_checkpoint_resume(target) -> None:
     """Through the core trainer: ``SHORT_STEPS / 2`` steps, stop (as ``--until-step`` does),
     resume from the checkpoint, finish: bit-identical per-step train losses and the same final
     val loss as the uninterrupted run; the checkpoint loads weights-only
-    (``blagpt.checkpoint.load``)."""
-    from .. import checkpoint as ckpt
-    from ..train import resume_config
+    (``RunDir.load_checkpoint``)."""
+    from ..run.resume import Resume
+    from ..run.rundir import RunDir
 
     full = shared_run(target, "short")
     r = resolved_run(target, "short")
     part = _train(r, until_step=RESUME_AT)
     assert part.step == RESUME_AT and part.interrupted, f"--until-step {RESUME_AT} stopped at step {part.step}"
-    state = ckpt.load(part.run_dir / ckpt.CHECKPOINT)  # weights-only; raises BlagptError otherwise
+    state = RunDir(part.run_dir).load_checkpoint()  # weights-only; raises BlagptError otherwise
     assert state["step"] == RESUME_AT, f"the checkpoint holds step {state['step']}, expected {RESUME_AT}"
     name, out_dir = r.cfg.tracking.run_name, r.cfg.train.out_dir
-    rest = _train(type(r)(r.registry, resume_config(name, out_dir, [], r.registry), r.ctx), resume=name)
+    point = Resume.open(name, out_dir)
+    rest = _train(type(r)(r.registry, point.config([], r.registry), r.ctx), resume=point)
     a, b = train_losses(full.history), {**train_losses(part.history), **train_losses(rest.history)}
     steps = list(range(1, SHORT_STEPS + 1))
     assert sorted(b) == steps, f"the stopped and resumed runs logged steps {sorted(b)}, expected {steps}"

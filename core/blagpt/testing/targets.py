@@ -18,8 +18,8 @@ from ..errors import BlagptError
 
 if TYPE_CHECKING:
     from ..config import RunConfig
-    from ..plugins import Registry
-    from ..specs import BuildContext
+    from ..plugin.registry import Registry
+    from ..plugin.specs import BuildContext
 
 DEVICE = "cpu"  # the kit checks on the CPU in fp32, whatever the machine has
 
@@ -98,7 +98,7 @@ class _Target:
         """Resolve the target's run config (``train`` overrides) and its build context."""
         from ..config import resolve
         from ..data.tokenizers import get_tokenizer
-        from ..specs import BuildContext
+        from ..plugin.specs import BuildContext
 
         reg = self.registry()
         cfg = resolve(self.run_raw(**train), reg)
@@ -115,7 +115,7 @@ class _Target:
     def owner_entry_points(self, reg: "Registry") -> list[str]:
         """Entry-point names a separate process must load to run this target (for
         ``BLAGPT_LOAD_PLUGINS``); the core's built-ins and the probe need none."""
-        from ..plugins import CORE_DIST
+        from ..plugin.registry import CORE_DIST
 
         names = []
         for kind, name in self._owned():
@@ -239,7 +239,7 @@ def load_registry(probe: bool = False) -> "Registry":
     points and ``BLAGPT_LOAD_PLUGINS``, so a plugin installed later in the process is seen."""
     import os
 
-    from ..plugins import GROUP, Registry
+    from ..plugin.registry import GROUP, Registry
 
     eps = tuple(sorted((ep.name, ep.value, getattr(getattr(ep, "dist", None), "name", "?")) for ep in entry_points(group=GROUP)))
     key = (eps, os.environ.get("BLAGPT_LOAD_PLUGINS"), probe)

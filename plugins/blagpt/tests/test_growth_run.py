@@ -6,10 +6,10 @@ import os
 
 import torch
 
-from blagpt import checkpoint as ckpt
+from blagpt.run import checkpoint as ckpt
 from blagpt.config import merge_sources, resolve
-from blagpt.plugins import Registry
-from blagpt.train import train
+from blagpt.plugin.registry import Registry
+from blagpt import train
 from blagpt_plugin_blagpt import grow_parameter_tokens
 
 BASE = [

@@ -111,7 +111,7 @@ def test_forward_shapes_and_vocab_padding():
 def test_registered_through_entry_point_and_presets_combine():
     from blagpt.config import resolve
     from blagpt.errors import ConfigError
-    from blagpt.plugins import Registry
+    from blagpt.plugin.registry import Registry
 
     reg = Registry.load(only=["blagpt"], strict=True)
     spec = reg.model_spec("blagpt")
@@ -132,7 +132,7 @@ def test_registered_through_entry_point_and_presets_combine():
 
 def test_hooks_build_and_loss_through_registry():
     from blagpt import Batch, BuildContext
-    from blagpt.plugins import Registry
+    from blagpt.plugin.registry import Registry
 
     reg = Registry.load(only=["blagpt"], strict=True)
     cfg = config("blagpt+tiny", n_predict=2, mtp_weights=[3.0, 1.0])
@@ -147,6 +147,25 @@ def test_hooks_build_and_loss_through_registry():
     from blagpt_plugin_blagpt import build_model, compute_loss
 
     assert build_model("other", cfg, None) is None and compute_loss("other", model, Batch(tokens), cfg) is None
+
+
+@pytest.mark.parametrize("seq_len", [1, 3])
+def test_n_predict_longer_than_seq_len_is_a_config_error(seq_len):
+    """With train.seq_len < n_predict the last head has no target (a NaN loss, or a crash in the
+    cross-entropy): the build is refused naming both fields. seq_len == n_predict leaves it one."""
+    from blagpt import Batch, BuildContext, ConfigError
+    from blagpt.plugin.registry import Registry
+
+    reg = Registry.load(only=["blagpt"], strict=True)
+    cfg = config("gpt2+tiny", n_predict=4)
+    ctx = lambda T: BuildContext(vocab_size=BYTES_VOCAB, max_seq_len=T, tokenizer="bytes")  # noqa: E731
+    msg = f"model.n_predict: predicting 4 tokens ahead needs train.seq_len >= 4, got train.seq_len={seq_len}"
+    with pytest.raises(ConfigError) as e:
+        reg.build_model(cfg, ctx(seq_len))
+    assert str(e.value) == msg
+    model = reg.build_model(cfg, ctx(4))
+    out = reg.compute_loss(model, Batch(torch.randint(0, BYTES_VOCAB, (2, 5))), cfg)
+    assert torch.isfinite(out.loss) and out.metrics["loss_head3"].isfinite()
 
 
 # -- attention ------------------------------------------------------------------------------
@@ -169,7 +188,7 @@ def _attention_reference_output(attn: Attention, x: torch.Tensor, cap=None) -> t
     q = q.view(B, T, attn.n_heads, attn.hd)
     k, v = k.view(B, T, attn.n_kv, attn.hd), v.view(B, T, attn.n_kv, attn.hd)
     q, k = attn.q_norm(q), attn.k_norm(k)
-    q, k = attn.rotary[0](q), attn.rotary[0](k)
+    q, k = attn.rotary[0](q, seq_dim=1), attn.rotary[0](k, seq_dim=1)
     y = _reference_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), cap)
     return attn.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
@@ -314,7 +333,7 @@ def test_post_norm_with_zero_init_keeps_step0_gradients_sane(pos, corpus):
 
 
 def test_state_dict_and_checkpoint_round_trip(tmp_path):
-    from blagpt.checkpoint import load, save
+    from blagpt.run.checkpoint import load, save
 
     model = _perturb(build("blagpt+tiny", n_predict=2, pattention_mlp=True, mlp_param_tokens=32))
     idx = torch.randint(0, BYTES_VOCAB, (2, 11))

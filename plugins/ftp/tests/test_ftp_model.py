@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from blagpt import Batch, BuildContext, ConfigError
 from blagpt.config import resolve
-from blagpt.plugins import Registry
+from blagpt.plugin.registry import Registry
 
 from blagpt_plugin_ftp import FTP, compute_loss, discounted_loss
 from blagpt_plugin_ftp import build_model as plugin_build_model

@@ -4,8 +4,8 @@ import math
 import os
 
 from blagpt.config import merge_sources, resolve
-from blagpt.plugins import Registry
-from blagpt.train import train
+from blagpt.plugin.registry import Registry
+from blagpt import train
 
 
 def test_core_trainer_loss_falls_on_embedded_corpus(tmp_path):

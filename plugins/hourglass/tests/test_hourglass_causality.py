@@ -15,7 +15,7 @@ import torch
 
 from blagpt import BuildContext
 from blagpt.config import resolve
-from blagpt.plugins import Registry
+from blagpt.plugin.registry import Registry
 
 import blagpt_plugin_hourglass.model as hg
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from blagpt import BuildContext, ConfigError
 from blagpt.config import resolve
-from blagpt.plugins import Registry
+from blagpt.plugin.registry import Registry
 
 from blagpt_plugin_hourglass import Hourglass, HourglassConfig, parse_hierarchy
 

@@ -3,8 +3,8 @@
 import pytest
 
 from blagpt.config import merge_sources, resolve
-from blagpt.plugins import Registry
-from blagpt.train import train
+from blagpt.plugin.registry import Registry
+from blagpt import train
 
 BASE = [
     "model.name=hourglass", "model.preset=tiny", "train.seq_len=64", "train.micro_batch_size=8",

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from blagpt import BuildContext, ConfigError
 from blagpt.config import resolve
-from blagpt.plugins import Registry
+from blagpt.plugin.registry import Registry
 
 from blagpt_plugin_megabyte.model import MegaByte, MegaByteConfig
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from blagpt.config import merge_sources, resolve
-from blagpt.plugins import Registry
-from blagpt.train import train
+from blagpt.plugin.registry import Registry
+from blagpt import train
 
 
 @pytest.fixture(scope="module")

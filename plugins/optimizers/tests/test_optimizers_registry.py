@@ -9,7 +9,7 @@ import torch
 
 from blagpt import BuildContext, ConfigError
 from blagpt.config import resolve
-from blagpt.plugins import get_registry
+from blagpt.plugin.registry import get_registry
 
 torch.set_num_threads(1)  # see test_optimizers_training.py
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from blagpt import BuildContext
-from blagpt.plugins import get_registry
+from blagpt.plugin.registry import get_registry
 
 from test_optimizers_training import VOCAB, ZeroInitSandwichLM, corpus_batches, next_token_loss
 

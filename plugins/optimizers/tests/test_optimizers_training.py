@@ -27,7 +27,7 @@ from blagpt import BuildContext
 from blagpt.config import resolve
 from blagpt.data.prepare import embedded_dataset
 from blagpt.data.shards import read_shard
-from blagpt.plugins import get_registry
+from blagpt.plugin.registry import get_registry
 
 # The development and CI machines share a few cores between many processes; one intra-op thread
 # avoids the spin-waiting that made a 40-step run ten times slower with two. (Set here, not in a

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from blagpt import BuildContext
-from blagpt.plugins import get_registry
+from blagpt.plugin.registry import get_registry
 
 torch.set_num_threads(1)  # see test_optimizers_training.py
 

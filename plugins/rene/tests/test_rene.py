@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from blagpt import BuildContext
 from blagpt.config import apply_presets
-from blagpt.plugins import Registry
+from blagpt.plugin.registry import Registry
 from blagpt_plugin_rene import ReneConfig, ReneLM, SlidingWindowAttention, WindowCache
 from blagpt_plugin_ssm import Mamba2, testing
 

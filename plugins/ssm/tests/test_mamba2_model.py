@@ -10,7 +10,7 @@ import torch
 
 from blagpt import BuildContext
 from blagpt.config import apply_presets
-from blagpt.plugins import Registry
+from blagpt.plugin.registry import Registry
 from blagpt_plugin_ssm import testing
 from blagpt_plugin_ssm.config import Mamba2Config
 
@@ -44,6 +44,18 @@ def test_registered_through_the_entry_point(registry):
 def test_loss_at_init_gpt2_vocab(registry):
     loss = testing.check_loss_at_init(build(registry, vocab=50257), 50257, 16)
     assert abs(loss - math.log(50304)) < 0.25
+
+
+def test_vocab_multiple_also_read_under_its_old_name(registry):
+    """Configs and checkpoints of earlier versions spell the field pad_vocab_multiple."""
+    from blagpt.config import resolve
+
+    for spelling in ("vocab_multiple", "pad_vocab_multiple"):
+        cfg = resolve({"model": {"name": "mamba2", "preset": "tiny", spelling: 3}}, registry).model
+        assert cfg.vocab_multiple == 3 and cfg.model_dump()["vocab_multiple"] == 3
+        assert "pad_vocab_multiple" not in cfg.model_dump()
+        assert build(registry, **{spelling: 3}).embed.weight.shape[0] == 258
+    assert build(registry).embed.weight.shape[0] == 320  # 64 by default
 
 
 def test_generation_through_the_state_matches_forward(registry):

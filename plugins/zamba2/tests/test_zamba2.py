@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from blagpt import BuildContext
 from blagpt.config import apply_presets
-from blagpt.plugins import Registry
+from blagpt.plugin.registry import Registry
 from blagpt_plugin_ssm import testing
 from blagpt_plugin_zamba2 import Zamba2Config, Zamba2LM
 

@@ -6,7 +6,9 @@ README's first run have a model before any architecture plugin is installed.
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -22,12 +24,15 @@ class TinyLMConfig(ModelConfig):
     n_layers: int = Field(default=2, gt=0, description="Transformer blocks.")
     n_heads: int = Field(default=4, gt=0, description="Attention heads (must divide d_model).")
     dropout: float = Field(default=0.0, ge=0, lt=1, description="Dropout after attention and MLP.")
-    delay_s: float = Field(
-        default=0.0, ge=0, description="Test hook: training-mode forwards sleep this long (to make a run last)."
-    )
     nan_after: int | None = Field(
         default=None, ge=0, description="Test hook: training-mode forwards return NaN after this many calls."
     )
+    hold_at: int | None = Field(
+        default=None, ge=1,
+        description="Test hook: training-mode forward number hold_at of this process writes `<hold_file>.waiting` "
+        "and waits until hold_file exists (a test then acts at a known step, whatever the machine's speed).",
+    )
+    hold_file: str | None = Field(default=None, description="Test hook: the file hold_at waits for.")
 
 
 class Block(nn.Module):
@@ -62,6 +67,7 @@ class TinyLM(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
         self.calls = 0
+        self.forwards = 0
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(m.weight, std=0.02)
@@ -75,13 +81,23 @@ class TinyLM(nn.Module):
         for block in self.blocks:
             x = block(x)
         logits = self.head(self.ln_f(x))
-        if self.training and self.cfg.delay_s:
-            time.sleep(self.cfg.delay_s)
+        if self.training:
+            self.forwards += 1
+            if self.cfg.hold_at is not None and self.forwards == self.cfg.hold_at:
+                self._hold()
         if self.training and self.cfg.nan_after is not None:
             self.calls += 1
             if self.calls > self.cfg.nan_after:
                 logits = logits * float("nan")
         return logits
+
+    def _hold(self) -> None:
+        done = Path(self.cfg.hold_file)
+        if done.exists():
+            return
+        Path(f"{done}.waiting").write_text(str(os.getpid()))
+        while not done.exists():  # signals (Ctrl-C, SIGTERM) are handled while it waits
+            time.sleep(0.05)
 
     def flops_per_token(self, seq_len: int) -> float:
         """6 N (matmul weights, forward + backward) + 12 L T d (attention scores and values)."""
@@ -97,7 +113,8 @@ def register_models(register):
             TinyLMConfig,
             "Tiny causal transformer for blagpt's own tests",
             tokenizers=("gpt2", "bytes"),
-            presets={"wide": {"d_model": 128, "n_heads": 8}, "diverge": {"nan_after": 2}, "slow": {"delay_s": 0.3}},
+            presets={"wide": {"d_model": 128, "n_heads": 8}, "diverge": {"nan_after": 2},
+                     "held": {"hold_at": 6, "hold_file": "hold"}},
         )
     )
 

@@ -13,7 +13,7 @@ them by name), so a spec can grow new arguments without breaking existing plugin
 implementations are called newest-registered first, ``tryfirst``/``trylast`` reorder them. A
 plugin must therefore return ``None`` for names it does not own.
 
-The core reaches these hooks only through the typed wrappers in ``blagpt.plugins``.
+The core reaches these hooks only through the typed wrappers in ``blagpt.plugin.registry``.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import BlagptError
+from ..errors import BlagptError
 from .leaderboard import SCALAR_KEYS, SERIES_KEYS, RunData
 
 # parameters that differ between seeds of one entry, or between runs for reasons that do not

@@ -16,14 +16,15 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from .bench import Bench, Entry
-from .errors import ConfigError
+from .bench import Bench
+from .plan import Entry
+from ..errors import ConfigError
 from .leaderboard import RunData, diff_band, welch_p_less
 
 
 def parse_try(text: str) -> tuple[str, ...]:
     """``'model.a=1; train.b=2'`` -> ``('model.a=1', 'train.b=2')``."""
-    from .config import parse_set
+    from ..config import parse_set
 
     items = tuple(x.strip() for x in text.split(";") if x.strip())
     if not items:

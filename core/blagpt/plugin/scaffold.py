@@ -17,8 +17,8 @@ import re
 from importlib import resources
 from pathlib import Path
 
-from . import __version__
-from .errors import BlagptError
+from .. import __version__
+from ..errors import BlagptError
 
 KINDS = ("model", "optimizer")
 NAME_RE = re.compile(r"[a-z][a-z0-9_]*")

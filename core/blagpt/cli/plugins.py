@@ -12,8 +12,8 @@ import sys
 
 import click
 
-from .cli import CONTEXT, _table, cli
-from .errors import BlagptError
+from . import CONTEXT, _table, cli
+from ..errors import BlagptError
 
 
 @cli.group(context_settings=CONTEXT, invoke_without_command=True)
@@ -30,7 +30,7 @@ def plugins(ctx, requirements):
     """
     if ctx.invoked_subcommand is not None:
         return
-    from .plugins import get_registry
+    from ..plugin.registry import get_registry
 
     reg = get_registry()
     if requirements:
@@ -133,7 +133,7 @@ def new_plugin(name, kind, parent):
     """
     import shlex
 
-    from .scaffold import check_name, create_plugin
+    from ..plugin.scaffold import check_name, create_plugin
 
     try:
         check_name(name)

@@ -157,7 +157,7 @@ def summarize(runs: list[RunData], order: list[str], baseline: str | None = None
         e.loss = [r.final["val/loss"] for r in e.ok_runs]
     base = baseline or (order[0] if order else None)
     if base is not None and base not in rows:
-        from .errors import BlagptError
+        from ..errors import BlagptError
 
         raise BlagptError(f"--baseline {base!r}: no such entry; entries: {', '.join(rows)}")
     for e in rows.values():

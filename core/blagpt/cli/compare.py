@@ -12,7 +12,7 @@ from dataclasses import asdict
 
 import click
 
-from .cli import CONTEXT, cli
+from . import CONTEXT, cli
 
 NOTE = (
     "val loss and val bpb: mean ± sample sd over seeds of the final evaluation, every entry on the same "
@@ -39,8 +39,8 @@ def _common(f):
 
 
 def _base(config_file, sets, budget, tracking_uri, no_track):
-    from .bench import parse_budget, with_budget
-    from .config import merge_sources
+    from ..compare.plan import parse_budget, with_budget
+    from ..config import merge_sources
 
     extra = [f"tracking.uri={tracking_uri}"] if tracking_uri else []
     extra += ["tracking.enabled=false"] if no_track else []
@@ -55,7 +55,7 @@ def _launcher(text):
 
 
 def _report(bench, stats, title, note, params, interrupted):
-    from .leaderboard import COLUMNS, table_rows, text_table, write_leaderboard
+    from ..compare.leaderboard import COLUMNS, table_rows, text_table, write_leaderboard
 
     files = write_leaderboard(stats, bench.dir, title, note)
     click.echo("")
@@ -99,9 +99,10 @@ def bench(models, optimizers, budget, baseline, config_file, sets, seeds, name, 
       blagpt bench --models blagpt@gpt2+tiny,rene@tiny,rwkv7@tiny --budget flops=5e13 --config base.yaml
       blagpt bench --models blagpt@blagpt+tiny --optimizers adamw,soap,muon --budget time=5m
     """
-    from .bench import Bench, parse_models
-    from .errors import ConfigError
-    from .leaderboard import summarize
+    from ..compare.bench import Bench
+    from ..compare.leaderboard import summarize
+    from ..compare.plan import parse_models
+    from ..errors import ConfigError
 
     opts = [o.strip() for o in optimizers.split(",") if o.strip()]
     entries = parse_models(models, opts)
@@ -138,9 +139,10 @@ def ablate(model, optimizer, tries, greedy, noise, budget, config_file, sets, se
       blagpt ablate --model blagpt@gpt2+tiny --greedy --seeds 3 --budget tokens=2M \\
           --try model.norm_type=rmsnorm --try 'model.activation=swiglu;model.mlp_ratio=2.75' --try model.qk_norm=true
     """
-    from .ablate import COLUMNS, parse_try, run_ablation, table_rows
-    from .bench import Bench, parse_models
-    from .leaderboard import markdown_table, summarize, text_table
+    from ..compare.ablate import COLUMNS, parse_try, run_ablation, table_rows
+    from ..compare.bench import Bench
+    from ..compare.leaderboard import markdown_table, summarize, text_table
+    from ..compare.plan import parse_models
 
     (base_entry,) = parse_models(model, [optimizer])
     parsed = [(t, parse_try(t)) for t in tries]
@@ -169,7 +171,8 @@ def ablate(model, optimizer, tries, greedy, noise, budget, config_file, sets, se
 @click.option("--experiment", default="blagpt", show_default=True, help="Experiment that run names are looked up in.")
 @click.option("--baseline", help="Entry the p-values are computed against (default: the first, oldest).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Folder for the leaderboard and plots (default: runs/compare-<time>).")
-def compare(refs, tracking_uri, experiment, baseline, out_dir):
+@click.option("--timeout-s", default=10.0, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Give up on a server that does not answer within this many seconds.")
+def compare(refs, tracking_uri, experiment, baseline, out_dir, timeout_s):
     """The leaderboard and plots of runs already in MLflow.
 
     RUN_OR_EXPERIMENT: an MLflow run id, a run name, or an experiment name; a bench's parent run
@@ -183,14 +186,19 @@ def compare(refs, tracking_uri, experiment, baseline, out_dir):
     """
     from pathlib import Path
 
-    from .compare import find_runs, run_data
-    from .leaderboard import COLUMNS, summarize, table_rows, text_table, write_leaderboard
-    from .tracking import configure_mlflow_http, sync_client
+    from ..compare.leaderboard import COLUMNS, summarize, table_rows, text_table, write_leaderboard
+    from ..compare.mlflow_runs import find_runs, run_data
+    from ..errors import BlagptError
+    from ..run.tracking import connect, one_line
 
-    configure_mlflow_http(10)
-    client = sync_client(tracking_uri)
-    runs = find_runs(client, list(refs), experiment)
-    data, order = run_data(client, runs)
+    client = connect(tracking_uri, timeout_s, what="compare")
+    try:
+        runs = find_runs(client, list(refs), experiment)
+        data, order = run_data(client, runs)
+    except BlagptError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the server failed mid-way: one line, not a traceback
+        raise BlagptError(f"compare: MLflow at {client.tracking_uri} failed ({one_line(e)})") from None
     stats = summarize(data, order, baseline)
     out = Path(out_dir or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}")
     note = NOTE.format(what="as each run was configured").replace("sd over seeds", "sd over the runs of an entry")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 import pluggy
 
 from . import hookspecs
-from .errors import BlagptError
+from ..errors import BlagptError
 from .specs import ModelSpec, OptimizerSpec
 
 if TYPE_CHECKING:
@@ -83,8 +83,7 @@ class Registry:
             only = [s.strip() for s in os.environ["BLAGPT_LOAD_PLUGINS"].split(",") if s.strip()]
         reg = cls()
         from . import builtins
-
-        from . import __version__
+        from .. import __version__
 
         reg._add(PluginInfo("builtins", CORE_DIST, __version__, builtins.__name__), lambda: builtins)
         wanted = None if only is None else set(only)

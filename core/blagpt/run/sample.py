@@ -18,11 +18,10 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 
-from . import checkpoint as ckpt
-from .data.tokenizers import Tokenizer, get_tokenizer
-from .errors import BlagptError, ConfigError
-from .plugins import Registry, get_registry
-from .specs import BuildContext
+from ..data.tokenizers import Tokenizer, get_tokenizer
+from ..errors import BlagptError, ConfigError
+from ..plugin.registry import Registry, get_registry
+from ..plugin.specs import BuildContext
 
 
 @dataclass
@@ -72,16 +71,18 @@ def load_run(
     Errors (one line, naming ``option``): no such run, no checkpoint in it, a saved config the
     installed plugins cannot resolve, weights that do not fit the rebuilt model.
     """
-    from .config import resolve
-    from .train import find_run_dir
+    from ..config import resolve
+    from .rundir import RunDir
 
     registry = registry or get_registry()
     dev = resolve_device(device)
-    run_dir = find_run_dir(ref, out_dir, option=option)
-    path = run_dir / ckpt.CHECKPOINT
-    if not path.is_file():
-        raise BlagptError(f"{option} {ref}: {run_dir} has no {ckpt.CHECKPOINT} (a run writes it at its checkpoint interval and at the end)")
-    state = ckpt.load(path)
+    run = RunDir.find(ref, out_dir, option=option)
+    if run.kind != "train":
+        raise BlagptError(f"{option} {ref}: {run.path} is a {run.kind}'s folder; give one of its runs (blagpt runs lists them)")
+    run_dir, path = run.path, run.checkpoint_file
+    if not run.has_checkpoint:
+        raise BlagptError(f"{option} {ref}: {run_dir} has no {path.name} (a run writes it at its checkpoint interval and at the end)")
+    state = run.load_checkpoint()
     try:
         cfg = resolve(state["config"], registry)
     except ConfigError as e:

@@ -1,0 +1,68 @@
+"""``blagpt list`` and ``blagpt config``: what is installed, and what a run config resolves to."""
+
+from __future__ import annotations
+
+import click
+
+from . import CONTEXT, _config_options, _resolve, _table, _warn_broken, cli
+
+
+@cli.command("list", context_settings=CONTEXT)
+def list_cmd():
+    """List installed models and optimizers (nothing is built).
+
+    \b
+    Example:
+      blagpt list
+    """
+    from ..plugin.registry import get_registry
+
+    reg = get_registry()
+    rows = [("MODEL", "PLUGIN", "TOKENIZERS", "DESCRIPTION")]
+    for name, spec in sorted(reg.models.items()):
+        rows.append((name, reg.owner_of("model", name).dist, ",".join(spec.tokenizers), spec.description))
+    _table(rows)
+    click.echo("")
+    rows = [("OPTIMIZER", "PLUGIN", "", "DESCRIPTION")]
+    for name, spec in sorted(reg.optimizers.items()):
+        rows.append((name, reg.owner_of("optimizer", name).dist, "", spec.description))
+    _table(rows)
+    _warn_broken(reg)
+
+
+@cli.group(context_settings=CONTEXT)
+def config():
+    """Show the resolved run config or its JSON Schema."""
+
+
+@config.command("show", context_settings=CONTEXT)
+@_config_options
+def config_show(model, optimizer, config_file, sets):
+    """Print the resolved config (defaults < presets < --config < --set) as YAML.
+
+    \b
+    Examples:
+      blagpt config show --model blagpt
+      blagpt config show --model blagpt --set model.preset=gpt2+124m > run.yaml
+    """
+    click.echo(_resolve(model, optimizer, config_file, sets).to_yaml(), nl=False)
+
+
+@config.command("schema", context_settings=CONTEXT)
+@click.option("--model", help="Type the model section by this model's config (default: the generic base).")
+@click.option("--optimizer", default="adamw", show_default=True, help="Type the optimizer section by this optimizer's config.")
+def config_schema(model, optimizer):
+    """Print the run config's JSON Schema.
+
+    \b
+    Examples:
+      blagpt config schema
+      blagpt config schema --model blagpt --optimizer soap
+    """
+    import json
+
+    from ..config import RunConfig, concrete_class
+    from ..plugin.registry import get_registry
+
+    cls = concrete_class(get_registry(), model, optimizer) if model else RunConfig
+    click.echo(json.dumps(cls.model_json_schema(), indent=2))

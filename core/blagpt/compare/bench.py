@@ -1,0 +1,150 @@
+"""``blagpt bench`` and ``blagpt ablate``: many training runs on equal terms, resumably.
+
+A bench trains every entry for every seed from one base config (:mod:`.plan`), each run a child
+process (:mod:`.supervisor`), under one MLflow parent run (:mod:`.parent`). Everything lives in
+one bench folder, ``<train.out_dir>/<bench name>/``, locked while a bench runs in it:
+
+- ``bench.json``: the plan (its identity) and the failures seen (:mod:`.state`);
+- one run folder per child, named ``<model>-<config hash>.s<seed>``;
+- ``configs/``, ``logs/``: each child's config as launched and its output;
+- ``leaderboard.md``, ``leaderboard.csv``, ``bpb_vs_tokens.png``, ``bpb_vs_time.png``;
+- ``run.json``/``metrics.jsonl``: the bench's own MLflow run, parent of the children's runs.
+
+Running the same command again resumes: finished runs are read, not redone; every other run with a
+checkpoint resumes from it (``blagpt train --resume``), however it was stopped; a run with no
+checkpoint starts again. Runs that failed on their own stay failed unless ``--retry-failed``,
+which trains them again from step 0 (``blagpt train --restart``).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from ..run.rundir import FolderLock, RunDir
+from .leaderboard import RunData
+from .parent import ParentRun
+from .plan import Child, Entry, Plan
+from .state import BenchState
+from .supervisor import Supervisor, reason
+
+
+class Bench:
+    """A set of entries x seeds sharing one base config, in one bench folder."""
+
+    def __init__(self, kind: str, identity: dict[str, Any], base_raw: dict[str, Any], seeds: int, name: str | None = None,
+                 launcher: list[str] | None = None, retry_failed: bool = False, echo: Callable[[str], None] = print,
+                 registry=None) -> None:
+        from ..plugin.registry import get_registry
+
+        self.plan = Plan(kind, identity, base_raw, seeds, name)
+        self.registry = registry or get_registry()
+        self.kind, self.seeds, self.name, self.dir = kind, seeds, self.plan.name, self.plan.dir
+        self.base_raw, self.experiment = self.plan.base_raw, self.plan.experiment
+        self.echo, self.retry_failed = echo, retry_failed
+        self.state = BenchState(self.dir, self.plan.identity, self.name)
+        self.lock = FolderLock(self.dir, what=kind)
+        self.supervisor = Supervisor(self.dir / "logs", launcher or [sys.executable], echo)
+        self.parent = ParentRun(self.dir, kind, self.name, self.plan.tracking_uri, self.experiment, self.plan.tracking_enabled, echo)
+
+    @property
+    def stopping(self) -> bool:
+        return self.supervisor.stopping
+
+    def run(self, entries: list[Entry]) -> tuple[list[RunData], bool]:
+        """Train what is not finished yet; returns every child's :class:`RunData` (labelled by
+        entry) and whether the bench was interrupted."""
+        children = self.plan.children(entries, self.registry, self.echo)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not self.lock.held:
+            self.lock.acquire()
+        self.state.save(self.seeds)
+        if self.parent.run_id is None:
+            self.parent.open()
+        for i, child in enumerate(children, 1):
+            if self.stopping:
+                break
+            self.run_child(child, f"[{i}/{len(children)}]")
+        self.state.save(self.seeds)
+        return [self.run_data(c) for c in children], self.stopping
+
+    def run_child(self, child: Child, tag: str) -> None:
+        head = f"{tag} {child.entry.label} seed {child.seed}"
+        if child.config is None:
+            self.echo(f"{head}: FAILED before start: {child.error}")
+            return
+        run = RunDir(self.dir / child.name)
+        failure = self.state.failures.get(child.name)
+        if run.exists() and run.status == "FINISHED":
+            self.echo(f"{head}: done already ({child.name})")
+            return
+        if failure and not self.retry_failed:
+            self.echo(f"{head}: failed before ({failure}); --retry-failed runs it again")
+            return
+        args = self.child_args(child, run, failure, head)
+        t0 = time.monotonic()
+        outcome = self.supervisor.run(child.name, args)
+        self.record(child, run.refresh(), outcome, time.monotonic() - t0)
+
+    def child_args(self, child: Child, run: RunDir, failure: str | None, head: str) -> list[str]:
+        """``blagpt train`` arguments for this child: resume it, or start it (again)."""
+        if failure:  # --retry-failed: an honest failure is trained again from step 0
+            self.state.failures.pop(child.name, None)
+            self.echo(f"{head}: training {child.name} again from step 0 (it failed before)")
+            return ["train", "--config", str(self.write_child_config(child)), "--restart"]
+        if run.has_checkpoint:
+            self.echo(f"{head}: resuming {child.name} from its checkpoint")
+            return ["train", "--resume", child.name, "--set", f"train.out_dir={self.dir}"]
+        self.echo(f"{head}: training {child.name}")
+        return ["train", "--config", str(self.write_child_config(child))]
+
+    def record(self, child: Child, run: RunDir, outcome, seconds: float) -> None:
+        status = run.status if run.exists() else None
+        if outcome.rc == 0 and status == "FINISHED":
+            final = _last_eval(run)
+            self.echo(f"    -> val bpb {final:.4f} ({seconds:.0f} s)" if final is not None else "    -> finished")
+        elif outcome.stopping or status == "KILLED":
+            self.supervisor.stopping = True
+            self.echo("    -> stopped; run the same command again to resume it from its last checkpoint")
+        else:
+            why = run.meta.get("tags", {}).get("blagpt.error") if run.exists() else None
+            self.state.failures[child.name] = why or reason(outcome.rc, outcome.err_tail)
+            self.echo(f"    -> FAILED: {self.state.failures[child.name]}")
+        self.state.save(self.seeds)
+
+    def write_child_config(self, child: Child) -> Path:
+        cfg = child.config.model_copy(deep=True)
+        cfg.train.out_dir = str(self.dir)
+        cfg.tracking.run_name = child.name
+        tags = {**cfg.tracking.tags, "blagpt.bench": self.name, "blagpt.entry": child.entry.label}
+        if self.parent.run_id:
+            tags["mlflow.parentRunId"] = self.parent.run_id
+        cfg.tracking.tags = tags
+        path = self.dir / "configs" / f"{child.name}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(cfg.to_yaml())
+        return path
+
+    def finish(self, files: dict[str, Path], params: dict[str, Any], metrics: dict[str, float], interrupted: bool) -> str | None:
+        """Log the plan, the entries' figures and the leaderboard files to the parent run; release the folder."""
+        try:
+            return self.parent.finish(files, params, metrics, interrupted)
+        finally:
+            self.lock.release()
+
+    def run_data(self, child: Child) -> RunData:
+        run = RunDir(self.dir / child.name)
+        meta = run.meta if run.exists() else {}
+        fields = dict(name=child.name, entry=child.entry.label, seed=child.seed, status=meta.get("status", "NOT RUN"),
+                      params=meta.get("params", {}), error=child.error or self.state.failures.get(child.name),
+                      run_id=meta.get("mlflow_run_id"))
+        if child.config is None or not meta:
+            return RunData(**fields)
+        return RunData.from_metrics(run.metrics.read(), **fields)
+
+
+def _last_eval(run: RunDir) -> float | None:
+    vals = [r["value"] for r in run.metrics.read() if r["key"] == "val/bpb"]
+    return vals[-1] if vals else None

@@ -1,0 +1,98 @@
+"""Running one training run of a bench as a child process, and telling how it ended.
+
+Each run is an ordinary ``blagpt train`` in its own process (``--launcher`` puts ``torchrun ...``
+in front for several GPUs): its peak memory and its failures (out of memory, NaN, a broken plugin)
+stay with it. The child writes to log files, never to a pipe: if the bench dies, the child's next
+print must not fail; it gets SIGTERM instead (``PR_SET_PDEATHSIG``), checkpoints and stops.
+Ctrl-C in the bench is passed on: the first stops the child after its step with a checkpoint, a
+second stops it at once (its last checkpoint stays).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+
+@dataclass
+class Outcome:
+    """How a child process ended: its exit code, the tail of its stderr, whether the bench was
+    stopping when it ended (then nothing the child did counts as a failure)."""
+
+    rc: int
+    err_tail: list[str]
+    stopping: bool
+
+
+class Supervisor:
+    def __init__(self, logs: Path, launcher: list[str], echo: Callable[[str], None]) -> None:
+        self.logs, self.launcher, self.echo = logs, launcher, echo
+        self.stopping = False
+
+    def run(self, name: str, args: list[str]) -> Outcome:
+        """Run ``blagpt ARGS`` to its end, echoing its evaluation lines."""
+        self.logs.mkdir(parents=True, exist_ok=True)
+        cmd = [*self.launcher, "-m", "blagpt", *args, "--no-progress"]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        out_path, err_path = self.logs / f"{name}.out", self.logs / f"{name}.err"
+        with open(out_path, "a") as out, open(err_path, "a") as err, open(out_path) as follow:
+            follow.seek(0, os.SEEK_END)
+            err_start = err.tell()
+            proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+            old = {s: signal.signal(s, lambda signum, frame: self._forward(proc, signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                rc = self._follow(proc, follow)
+            finally:
+                for s, h in old.items():
+                    signal.signal(s, h)
+        with open(err_path) as f:
+            f.seek(err_start)
+            tail = f.read()[-4000:].splitlines()
+        return Outcome(rc, tail, self.stopping)
+
+    def _forward(self, proc: subprocess.Popen, signum: int) -> None:
+        first = not self.stopping
+        self.stopping = True
+        proc.send_signal(signal.SIGINT)
+        if first:
+            self.echo("    stopping: the running run checkpoints at the end of its step (Ctrl-C again to stop it at once)")
+
+    def _follow(self, proc: subprocess.Popen, follow) -> int:
+        pending = ""
+        while True:
+            rc = proc.poll()
+            *lines, pending = (pending + follow.read()).split("\n")
+            for line in lines:
+                if line.startswith("eval step"):
+                    self.echo("    " + line.rstrip())
+            if rc is not None:
+                return rc
+            time.sleep(0.2)
+
+
+def reason(rc: int, err_tail: list[str]) -> str:
+    """One line saying why a child failed: its ``error:`` line, else the last line of its traceback."""
+    lines = [ln.strip() for ln in err_tail if ln.strip()]
+    for ln in reversed(lines):
+        if ln.startswith("error: "):
+            return ln[len("error: "):][:300]
+    if rc < 0:
+        name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)
+        hint = " (out of memory?)" if -rc == signal.SIGKILL else ""
+        return f"killed by {name}{hint}"
+    return lines[-1][:300] if lines else f"exit code {rc}"
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when the bench process dies (Linux), so a killed
+    bench does not leave its run training unseen; SIGTERM makes the run checkpoint and stop."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass

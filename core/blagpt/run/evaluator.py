@@ -1,0 +1,54 @@
+"""Validation: nats per token and bits per byte on the fixed validation slice.
+
+Every model is scored on the same quantity, the next-token negative log-likelihood its
+``compute_loss`` returns (``LossOutput.nll``), whatever its training objective. Bits per byte
+divide the summed nats by ``ln 2`` times the UTF-8 bytes the predicted tokens stand for, so token
+and byte models evaluated on the same text share one scale.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import AbstractContextManager
+
+import torch
+
+from ..data.loader import ValSlice
+from ..plugin.specs import Batch
+from .distributed import Dist
+
+
+class Evaluator:
+    """Scores a model on one rank's share of the validation slice; the sums cross ranks."""
+
+    def __init__(self, val: ValSlice, token_bytes, micro_batch: int, seq_len: int, dist: Dist,
+                 autocast: AbstractContextManager, compute_loss, model_config) -> None:
+        self.val, self.micro_batch, self.seq_len, self.dist = val, micro_batch, seq_len, dist
+        self.token_bytes = torch.from_numpy(token_bytes).to(dist.device)
+        self.autocast, self.compute_loss, self.model_config = autocast, compute_loss, model_config
+
+    def __call__(self, model: torch.nn.Module) -> dict[str, float]:
+        device = self.dist.device
+        nll_sum = torch.zeros((), dtype=torch.float64, device=device)
+        counts = torch.zeros(2, dtype=torch.float64, device=device)  # tokens, bytes
+        positions = torch.arange(self.seq_len, device=device)[None, :]
+        model.eval()
+        try:
+            with torch.no_grad(), self.autocast:
+                for i in range(0, len(self.val.rows), self.micro_batch):
+                    batch = Batch(self.val.rows[i : i + self.micro_batch].to(device))
+                    real = positions < self.val.valid[i : i + self.micro_batch].to(device)[:, None]
+                    out = self.compute_loss(model, batch, self.model_config)
+                    nll_sum += out.nll.double()[real].sum()
+                    counts[0] += real.sum()
+                    counts[1] += self.token_bytes[batch.targets][real].sum()
+        finally:
+            model.train()
+        self.dist.all_sum(nll_sum)
+        self.dist.all_sum(counts)
+        return {
+            "val/loss": float(nll_sum / counts[0]),
+            "val/bpb": float(nll_sum / (math.log(2) * counts[1])),
+            "val/tokens": float(counts[0]),
+            "val/bytes": float(counts[1]),
+        }

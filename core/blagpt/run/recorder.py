@@ -1,0 +1,111 @@
+"""Rank 0's side of a training run's record: it owns the run folder while the run lives.
+
+:class:`Recorder` claims the folder (its lock; a name that is taken is refused; what a killed
+owner left is cleaned up), writes ``run.json`` and ``config.yaml``, keeps the metrics up to the
+step the run (re)starts at, mirrors everything to MLflow (:class:`~.tracking.Tracker`), and
+records how the run ended: its status, and why it failed. Other ranks have no recorder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import BlagptError
+from .resume import Resume
+from .rundir import RunDir
+from .tracking import Tracker, loss_curve_png, mark_restart, provenance_tags
+
+
+class Recorder:
+    def __init__(self, cfg, say: Callable[[str], None]) -> None:
+        self.cfg, self.say = cfg, say
+        self.run: RunDir | None = None
+        self.tracker: Tracker | None = None
+        self.created = False  # this process made the folder (removed again if the run fails before it starts)
+
+    def claim(self, resume: Resume | None, restart: bool) -> RunDir:
+        """Lock the run folder: the resumed run's, or ``<out_dir>/<run name>`` for a new run (a name
+        with a checkpoint or a finished run is taken unless ``restart``)."""
+        if resume is not None:
+            self.run = resume.run
+            self.run.take_ownership()
+            self.run.refresh()
+            if resume.state is None:
+                self.say(f"{self.run.path}: no checkpoint was written before it stopped; starting it again from step 0")
+            return self.run
+        name = self.cfg.tracking.run_name or f"{self.cfg.model.name}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S-%f')[:-3]}"
+        run = self.run = RunDir(Path(self.cfg.train.out_dir) / name)
+        self.created = not run.path.exists()
+        run.create("train.out_dir")
+        run.take_ownership()
+        if run.exists() and (run.has_checkpoint or run.status == "FINISHED") and not restart:
+            run.lock.release()
+            raise BlagptError(
+                f"{run.path}: a run of this name exists (status {run.status}, checkpoint at step {run.checkpoint_step}); "
+                f"continue it with --resume {name}, start it over with --restart, or pick another tracking.run_name"
+            )
+        if run.exists():  # started before but never checkpointed (or --restart): start again
+            run.checkpoint_file.unlink(missing_ok=True)
+            self.say(f"{run.path}: starting this run again from step 0")
+        return run
+
+    def start(self, step: int, resumed_from: int | None, budget, params: dict[str, Any], registry) -> None:
+        """The record of a run that starts training at ``step``, and its MLflow mirror."""
+        cfg, run = self.cfg, self.run
+        run.config_file.write_text(cfg.to_yaml())
+        kept = run.metrics.keep_until(step)
+        mark_restart(run, kept, params)
+        tags = {k: v for k, v in run.meta.get("tags", {}).items() if k != "blagpt.error"}  # an earlier attempt's
+        run.update(run_name=run.name, kind="train", experiment=cfg.tracking.experiment, model=cfg.model.name,
+                   requested_tracking_uri=cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI"), status="RUNNING",
+                   steps_planned=budget.steps, budget=budget.describe(), tags=tags, resumed_from=resumed_from)
+        t = cfg.tracking
+        self.tracker = Tracker(run, t.uri, t.experiment, run.name, t.timeout_s, t.enabled)
+        self.tracker.log_params(params, provenance_tags(registry, cfg))
+        self.tracker.log_artifact(run.config_file)
+
+    def log(self, step: int, row: dict[str, float]) -> None:
+        if self.tracker is not None:
+            self.tracker.log(step, row)
+
+    def fail(self, e: Exception) -> None:
+        """Why the run failed, for ``blagpt compare`` and the MLflow UI. A run that failed before it
+        started training leaves no folder behind if this process made it."""
+        if self.tracker is None:
+            if self.created and self.run is not None and self.run.lock.held:
+                shutil.rmtree(self.run.path, ignore_errors=True)
+            return
+        try:
+            self.tracker.log_params({}, {"blagpt.error": f"{type(e).__name__}: {' '.join(str(e).split())}"[:500]})
+        except BlagptError:
+            pass  # the disk is full: the error line on the terminal says why
+
+    def close(self, status: str, result) -> None:
+        """The loss curve, the final status, MLflow's last upload; then the folder is released."""
+        if self.run is None:
+            return
+        try:
+            if self.tracker is not None:
+                self._finish(status, result)
+        finally:
+            self.run.lock.release()
+
+    def _finish(self, status: str, result) -> None:
+        tracker = self.tracker
+        try:
+            tracker.log_artifact(loss_curve_png(self.run))
+        except Exception as e:  # noqa: BLE001 - a plot must not hide the real outcome
+            self.say(f"warning: loss curve not drawn ({type(e).__name__}: {e})")
+        try:
+            result.synced = tracker.close(status)
+        except BlagptError as e:
+            self.say(f"warning: {e}")
+        result.mlflow_run_id = tracker.run_id
+        if tracker.enabled and not result.synced:
+            why = f" ({tracker.error})" if tracker.error else ""
+            self.say(f"warning: MLflow did not receive everything{why}; the run is kept in {self.run.path}; "
+                     f"upload it with: blagpt runs sync {self.run.path}")

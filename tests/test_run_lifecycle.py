@@ -1,0 +1,341 @@
+"""The run lifecycle under hostile conditions: a full disk, two processes on one run, kills, stale
+temp files, changed configs on resume, shards of another tokenizer, a corrupt run.json, bad
+arguments. Everything goes through the real CLI in subprocesses, as a user meets it; a run is held
+at a known step by the test model's hold hook (``model.hold_at``/``model.hold_file``), so no test
+depends on timing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def sets(*extra):
+    return [x for s in [*TINY, "train.eval_interval=0", "train.log_interval=1", *extra] for x in ("--set", s)]
+
+
+def env(**extra):
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "BLAGPT_LOAD_PLUGINS": "tinylm", "BLAGPT_STRICT_PLUGINS": "0", **extra}
+
+
+def start(args, cwd, **kw):
+    return subprocess.Popen([sys.executable, "-m", "blagpt", *args], cwd=cwd, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def wait_for(path: Path, proc=None, what="the file", timeout=300):
+    """Until ``path`` exists (an event the run writes), failing early if ``proc`` ended."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"the process ended (exit {proc.returncode}) before {what} appeared:\n{out}\n{err}")
+        assert time.monotonic() < deadline, f"{what} never appeared"
+        time.sleep(0.05)
+
+
+def rows(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def loss_steps(run_dir: Path) -> list[int]:
+    return [r["step"] for r in rows(run_dir) if r["key"] == "train/loss"]
+
+
+def meta(run_dir: Path) -> dict:
+    return json.loads((run_dir / "run.json").read_text())
+
+
+def one_error_line(proc) -> str:
+    """The CLI's error: exactly one line on stderr starting with 'error: ', no traceback."""
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("blagpt: ")]
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    return lines[0]
+
+
+def limited_file_size(limit: int):
+    """preexec_fn: files of the child may not grow beyond ``limit`` bytes, as on a full disk: the
+    kernel writes what fits and the next write fails (EFBIG; Python ignores SIGXFSZ)."""
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+# -- 1. a full disk ---------------------------------------------------------------------------
+
+
+def test_a_torn_last_metrics_line_is_dropped_and_resume_and_sync_work(workdir):
+    run_cli(["train", "--no-track", "--until-step", "4", *sets("train.steps=8", "tracking.run_name=torn")], cwd=workdir, check=0)
+    run_dir = workdir / "runs" / "torn"
+    with open(run_dir / "metrics.jsonl", "a") as f:  # a process killed in the middle of an append
+        f.write('{"key": "train/loss", "value": 1.2')
+    synced = run_cli(["runs", "sync", str(run_dir), "--tracking-uri", f"sqlite:///{workdir}/sync.db"], cwd=workdir, check=0)
+    assert "synced to MLflow run" in synced.stdout
+    run_cli(["train", "--resume", "torn", "--no-track"], cwd=workdir, check=0)
+    assert loss_steps(run_dir) == list(range(1, 9))
+    assert (run_dir / "metrics.jsonl").read_text().endswith("\n")
+
+
+def test_a_full_disk_during_a_metrics_append_fails_the_run_in_one_line_and_loses_nothing(workdir):
+    args = ["train", "--no-track", *sets("train.steps=200", "tracking.run_name=full")]
+    run_cli([*args, "--until-step", "30"], cwd=workdir, check=0)
+    run_dir = workdir / "runs" / "full"
+    size = (run_dir / "metrics.jsonl").stat().st_size
+    cmd = [sys.executable, "-m", "blagpt", "train", "--resume", "full", "--no-track"]
+    proc = subprocess.run(cmd, cwd=workdir, env=env(), capture_output=True, text=True, timeout=300,
+                          preexec_fn=limited_file_size(size + 3000))
+    line = one_error_line(proc)
+    assert "metrics.jsonl: cannot append metrics (File too large)" in line
+    assert meta(run_dir)["status"] == "FAILED"
+    assert (run_dir / "metrics.jsonl").read_text().endswith("\n")  # the failed append was undone
+    steps = loss_steps(run_dir)
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) > 30
+    # the disk has room again: resume from the checkpoint (step 30) and sync both work
+    again = run_cli(["train", "--resume", "full", "--no-track", "--set", "train.steps=40"], cwd=workdir, check=0)
+    assert "resumed at step 30" in again.stdout
+    assert loss_steps(run_dir) == list(range(1, 41))
+    run_cli(["runs", "sync", str(run_dir), "--tracking-uri", f"sqlite:///{workdir}/sync.db"], cwd=workdir, check=0)
+
+
+def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one_and_leaves_no_temp_file(workdir):
+    run_cli(["train", "--no-track", "--until-step", "4", *sets("train.steps=12", "tracking.run_name=ck")], cwd=workdir, check=0)
+    run_dir = workdir / "runs" / "ck"
+    before = (run_dir / "checkpoint.pt").read_bytes()
+    cmd = [sys.executable, "-m", "blagpt", "train", "--resume", "ck", "--no-track", "--set", "train.checkpoint_interval=2"]
+    proc = subprocess.run(cmd, cwd=workdir, env=env(), capture_output=True, text=True, timeout=300,
+                          preexec_fn=limited_file_size(100_000))  # the checkpoint is ~350 kB
+    line = one_error_line(proc)
+    assert "checkpoint.pt: cannot write the checkpoint (File too large); the previous checkpoint (step 4) is kept" in line
+    assert (run_dir / "checkpoint.pt").read_bytes() == before
+    assert not list(run_dir.glob(".*.tmp")), list(run_dir.iterdir())
+    assert meta(run_dir)["status"] == "FAILED" and "CheckpointError" in meta(run_dir)["tags"]["blagpt.error"]
+    run_cli(["train", "--resume", "ck", "--no-track"], cwd=workdir, check=0)
+    assert loss_steps(run_dir) == list(range(1, 13))
+
+
+# -- 2, 5. two processes on one run; killed before the first checkpoint -------------------------
+
+
+def test_a_second_process_on_a_running_run_is_refused_naming_the_first(workdir):
+    hold = workdir / "go"
+    first = start(["train", "--no-track", *sets("train.steps=6", "tracking.run_name=busy", "train.checkpoint_interval=2",
+                                                "model.hold_at=4", f"model.hold_file={hold}")], workdir)
+    try:
+        wait_for(Path(f"{hold}.waiting"), first, "the hold of the first run")
+        for args in (["train", "--no-track", *sets("train.steps=6", "tracking.run_name=busy")],
+                     ["train", "--resume", "busy", "--no-track"],
+                     ["runs", "sync", "runs/busy", "--tracking-uri", f"sqlite:///{workdir}/x.db"]):
+            proc = run_cli(args, cwd=workdir)
+            line = one_error_line(proc)
+            assert f"runs/busy: this run is in use by process {first.pid} " in line, line
+        hold.write_text("")
+        out, err = first.communicate(timeout=300)
+        assert first.returncode == 0, out + err
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert loss_steps(workdir / "runs" / "busy") == [1, 2, 3, 4, 5, 6]  # one writer: every step once
+
+
+def test_killed_before_its_first_checkpoint_a_run_can_be_resumed_or_started_again(workdir):
+    hold = workdir / "go"
+    args = ["train", "--no-track", *sets("train.steps=6", "tracking.run_name=early", "model.hold_at=3", f"model.hold_file={hold}")]
+    for again in (["train", "--resume", "early", "--no-track"], args):
+        proc = start(args, workdir)
+        wait_for(Path(f"{hold}.waiting"), proc, "the hold")
+        Path(f"{hold}.waiting").unlink()
+        proc.kill()  # SIGKILL: no handler runs, the lock is the kernel's to drop
+        proc.wait()
+        run_dir = workdir / "runs" / "early"
+        assert not (run_dir / "checkpoint.pt").exists() and loss_steps(run_dir) == [1, 2]
+        hold.write_text("")
+        res = run_cli(again, cwd=workdir, check=0)
+        assert "again from step 0" in res.stdout
+        assert loss_steps(run_dir) == [1, 2, 3, 4, 5, 6] and meta(run_dir)["status"] == "FINISHED"
+        hold.unlink()
+        if again is not args:
+            import shutil
+
+            shutil.rmtree(run_dir)
+
+
+# -- 3. temp files of killed writers ------------------------------------------------------------
+
+
+def test_temp_files_of_killed_checkpoint_writes_are_removed(workdir):
+    run_cli(["train", "--no-track", "--until-step", "2", *sets("train.steps=4", "tracking.run_name=tmp")], cwd=workdir, check=0)
+    run_dir = workdir / "runs" / "tmp"
+    for pid in range(1000, 1008):  # what eight kills in the middle of a checkpoint write leave
+        (run_dir / f".checkpoint.pt.{pid}.tmp").write_bytes(b"partial")
+    run_cli(["train", "--resume", "tmp", "--no-track"], cwd=workdir, check=0)
+    assert not list(run_dir.glob(".*.tmp"))
+    assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")) == [
+        "checkpoint.pt", "config.yaml", "loss_curve.png", "metrics.jsonl", "run.json"]
+
+
+# -- 7. resuming with another config ------------------------------------------------------------
+
+
+def test_resume_refuses_a_changed_model_in_one_line_and_a_budget_already_spent(workdir):
+    run_cli(["train", "--no-track", "--until-step", "4", *sets("train.steps=8", "tracking.run_name=r")], cwd=workdir, check=0)
+    changed = run_cli(["train", "--resume", "r", "--no-track", "--set", "model.n_layers=3", "--set", "optimizer.lr=0.01"], cwd=workdir)
+    line = one_error_line(changed)
+    assert changed.returncode == 2
+    assert "model.n_layers (1 -> 3)" in line and "optimizer.lr (0.001 -> 0.01)" in line
+    below = run_cli(["train", "--resume", "r", "--no-track", "--set", "train.steps=3"], cwd=workdir)
+    assert "train.steps=3: the run has already reached step 4; set a larger budget" in one_error_line(below)
+    assert meta(workdir / "runs" / "r")["steps_planned"] == 8  # the record is untouched
+    more = run_cli(["train", "--resume", "r", "--no-track", "--set", "train.tokens=1280"], cwd=workdir, check=0)  # 10 steps
+    assert "step 10/10" in more.stdout
+    done = run_cli(["train", "--resume", "r", "--no-track"], cwd=workdir)
+    assert "the run has already finished step 10" in one_error_line(done)
+
+
+# -- 8. shards of another tokenizer -------------------------------------------------------------
+
+
+def test_shards_of_another_tokenizer_are_refused_before_training(workdir):
+    from blagpt.data.prepare import embedded_documents
+
+    text = workdir / "text.txt"
+    text.write_text("\n".join(embedded_documents()[:3]))
+    for tok in ("bytes", "gpt2"):
+        run_cli(["data", "prepare", str(text), "--tokenizer", tok, "--out", f"d-{tok}"], cwd=workdir, check=0)
+    cases = [
+        ("gpt2", "d-bytes/train_*.bin", "d-bytes/val_*.bin", "data.train: d-bytes/train_*.bin: all of the first"),
+        ("bytes", "d-bytes/train_*.bin", "d-gpt2/val_*.bin", "data.val: d-gpt2/val_*.bin: token id"),
+        ("bytes", "d-gpt2/train_*.bin", "d-bytes/val_*.bin", "data.train: d-gpt2/train_*.bin: token id"),
+    ]
+    for tok, tr, va, want in cases:
+        proc = run_cli(["train", "--no-track", *sets("train.steps=2", f"data.tokenizer={tok}", f"data.train={tr}", f"data.val={va}",
+                                                     "tracking.run_name=mix")], cwd=workdir)
+        assert want in one_error_line(proc)
+        assert not (workdir / "runs" / "mix").exists()  # nothing trained, nothing left behind
+
+
+# -- 9, 11. finding runs ------------------------------------------------------------------------
+
+
+def test_a_corrupt_run_json_elsewhere_does_not_break_lookup_by_mlflow_id(workdir):
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    run_cli(["train", "--tracking-uri", uri, *sets("train.steps=2", "tracking.run_name=good")], cwd=workdir, check=0)
+    run_cli(["train", "--no-track", *sets("train.steps=2", "tracking.run_name=bad")], cwd=workdir, check=0)
+    (workdir / "runs" / "bad" / "run.json").write_text("{broken")
+    run_id = meta(workdir / "runs" / "good")["mlflow_run_id"]
+    proc = run_cli(["sample", "--run", run_id, "--tokens", "4", "--temperature", "0"], cwd=workdir, check=0)
+    assert "good: model tinylm at step 2" in proc.stderr
+    assert "skipping runs/bad/run.json: not valid JSON" in proc.stderr
+
+
+def test_sample_finds_bench_runs_by_the_name_and_id_blagpt_runs_shows(workdir):
+    from conftest import BENCH_BASE
+
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    run_cli(["bench", "--models", "tinylm", "--budget", "steps=2", "--name", "bb", "--tracking-uri", uri, *BENCH_BASE], cwd=workdir, check=0)
+    listed = run_cli(["runs", "--tracking-uri", uri], cwd=workdir, check=0).stdout.splitlines()
+    child = next(ln.split() for ln in listed if ln.startswith("tinylm-"))
+    name, run_id = child[0], child[-1]
+    for ref in (name, run_id):
+        proc = run_cli(["sample", "--run", ref, "--tokens", "4", "--temperature", "0"], cwd=workdir, check=0)
+        assert f"{name}: model tinylm at step 2" in proc.stderr
+    bench = run_cli(["sample", "--run", "bb", "--tokens", "4"], cwd=workdir)
+    assert "runs/bb is a bench's folder" in one_error_line(bench)
+
+
+# -- 10. bad arguments: one line each -----------------------------------------------------------
+
+
+def test_bad_input_is_one_line_not_a_traceback(workdir):
+    (workdir / "latin1.yaml").write_bytes(b"train:\n  steps: 3 # caf\xe9\n")
+    (workdir / "f.txt").write_text("some text\n" * 50)
+    (workdir / "folder").mkdir()
+    run_cli(["train", "--no-track", *sets("train.steps=2", "tracking.run_name=s")], cwd=workdir, check=0)
+    cases = [
+        (["train", "--model", "tinylm", "--config", "latin1.yaml"], "latin1.yaml: not UTF-8 text"),
+        (["data", "prepare", "f.txt", "--tokenizer", "bytes", "--out", "o", "--split-on", "\\x"], "--split-on '\\\\x': not a valid escape"),
+        (["data", "prepare", "f.txt", "--tokenizer", "bytes", "--out", "f.txt/sub"], "--out f.txt/sub: cannot write shards there (Not a directory)"),
+        (["train", "--no-track", *sets("train.steps=2", "train.out_dir=f.txt/runs")], "train.out_dir: cannot write the run folder f.txt/runs/"),
+        (["train", "--no-track", *sets("train.steps=2", "data.train=folder", "data.val=folder")], "data.train: folder is a folder; expected a glob"),
+        (["sample", "--run", "s", "--temperature", "nan"], "--temperature: expected a finite number >= 0, got nan"),
+    ]
+    for args, want in cases:
+        proc = run_cli(args, cwd=workdir)
+        assert want in one_error_line(proc), (args, proc.stderr)
+
+
+def test_runs_sync_and_compare_give_up_on_a_refusing_or_hanging_server_in_one_line(workdir):
+    import socket
+    import threading
+
+    from conftest import free_port
+
+    run_cli(["train", "--no-track", *sets("train.steps=2", "tracking.run_name=s", "tracking.timeout_s=2")], cwd=workdir, check=0)
+    refused = f"http://127.0.0.1:{free_port()}"
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    held, stop = [], threading.Event()
+
+    def accept_and_ignore():
+        sock.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(sock.accept()[0])  # never answer
+            except OSError:
+                pass
+
+    threading.Thread(target=accept_and_ignore, daemon=True).start()
+    hung = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    try:
+        for uri, how in ((refused, "Connection refused"), (hung, "timed out")):
+            for args in (["runs", "sync", "runs/s", "--tracking-uri", uri], ["compare", "x", "--tracking-uri", uri, "--timeout-s", "2"],
+                         ["runs", "--tracking-uri", uri, "--timeout-s", "2"]):
+                proc = run_cli(args, cwd=workdir, timeout=120)
+                line = one_error_line(proc)
+                assert f"no MLflow server answers at {uri} within 2 s" in line and how in line, line
+    finally:
+        stop.set()
+        sock.close()
+
+
+def test_restart_starts_a_taken_name_over_and_a_bench_folder_has_one_bench_at_a_time(workdir):
+    args = ["train", "--no-track", *sets("train.steps=4", "tracking.run_name=again")]
+    run_cli(args, cwd=workdir, check=0)
+    taken = run_cli(args, cwd=workdir)
+    assert "a run of this name exists (status FINISHED, checkpoint at step 4); continue it with --resume again, start it over with --restart" in one_error_line(taken)
+    over = run_cli([*args, "--set", "train.steps=2", "--restart"], cwd=workdir, check=0)
+    assert "starting this run again from step 0" in over.stdout
+    assert loss_steps(workdir / "runs" / "again") == [1, 2] and meta(workdir / "runs" / "again")["checkpoint_step"] == 2
+
+    from blagpt.run.rundir import FolderLock
+
+    from conftest import BENCH_BASE
+
+    (workdir / "runs" / "busy-bench").mkdir()
+    with FolderLock(workdir / "runs" / "busy-bench", what="bench"):  # as a bench running in it holds it
+        proc = run_cli(["bench", "--models", "tinylm", "--budget", "steps=2", "--no-track", "--name", "busy-bench", *BENCH_BASE], cwd=workdir)
+    assert f"runs/busy-bench: this bench is in use by process {os.getpid()} " in one_error_line(proc)
+
+
+def test_a_run_killed_after_its_last_checkpoint_finishes_on_resume(workdir):
+    run_cli(["train", "--no-track", *sets("train.steps=4", "train.eval_interval=2", "tracking.run_name=last")], cwd=workdir, check=0)
+    run_dir = workdir / "runs" / "last"
+    record = meta(run_dir)
+    (run_dir / "run.json").write_text(json.dumps({**record, "status": "RUNNING"}))  # as kill -9 after the final checkpoint leaves it
+    proc = run_cli(["train", "--resume", "last", "--no-track"], cwd=workdir, check=0)
+    val = [r["value"] for r in rows(run_dir) if r["key"] == "val/loss" and r["step"] == 4]
+    assert f"final: val loss {val[0]:.4f} nats/token" in proc.stdout and len(val) == 1
+    assert meta(run_dir)["status"] == "FINISHED" and loss_steps(run_dir) == [1, 2, 3, 4]

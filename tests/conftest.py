@@ -12,6 +12,8 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -69,6 +71,32 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def hanging_server():
+    """A server on 127.0.0.1 that accepts connections and never answers; yields (URI, the
+    connections it accepted)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    held: list = []
+    stop = threading.Event()
+
+    def accept_and_ignore():
+        sock.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(sock.accept()[0])
+            except OSError:
+                pass
+
+    threading.Thread(target=accept_and_ignore, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", held
+    finally:
+        stop.set()
+        sock.close()
 
 
 @pytest.fixture

@@ -47,7 +47,7 @@ def test_toml_file(tmp_path, reg):
         (["optimizer.lr=-1"], "optimizer.lr: expected float (gt 0), got -1"),
         (["train.schedule=linear"], "train.schedule: expected Literal['cosine', 'wsd', 'constant'], got 'linear'"),
         (["train.tokens=1000", "train.steps=5"], "train: set one budget, not `steps` and `tokens`"),
-        (["model.preset=nope"], "model.preset: unknown preset 'nope' of model 'tinylm'; known: wide, diverge, slow"),
+        (["model.preset=nope"], "model.preset: unknown preset 'nope' of model 'tinylm'; known: wide, diverge, held"),
         (["optimizer.name=nope"], "optimizer.name: unknown optimizer 'nope'; known optimizers: adamw"),
         (["data.train=x*.bin"], "data: set both `train` and `val` shard globs"),
         (["data.tokenizer=words"], "data.tokenizer: expected Literal['auto', 'gpt2', 'bytes'], got 'words'"),

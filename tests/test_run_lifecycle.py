@@ -277,38 +277,17 @@ def test_bad_input_is_one_line_not_a_traceback(workdir):
 
 
 def test_runs_sync_and_compare_give_up_on_a_refusing_or_hanging_server_in_one_line(workdir):
-    import socket
-    import threading
-
-    from conftest import free_port
+    from conftest import free_port, hanging_server
 
     run_cli(["train", "--no-track", *sets("train.steps=2", "tracking.run_name=s", "tracking.timeout_s=2")], cwd=workdir, check=0)
     refused = f"http://127.0.0.1:{free_port()}"
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    held, stop = [], threading.Event()
-
-    def accept_and_ignore():
-        sock.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(sock.accept()[0])  # never answer
-            except OSError:
-                pass
-
-    threading.Thread(target=accept_and_ignore, daemon=True).start()
-    hung = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    try:
+    with hanging_server() as (hung, _):
         for uri, how in ((refused, "Connection refused"), (hung, "timed out")):
             for args in (["runs", "sync", "runs/s", "--tracking-uri", uri], ["compare", "x", "--tracking-uri", uri, "--timeout-s", "2"],
                          ["runs", "--tracking-uri", uri, "--timeout-s", "2"]):
                 proc = run_cli(args, cwd=workdir, timeout=120)
                 line = one_error_line(proc)
                 assert f"no MLflow server answers at {uri} within 2 s" in line and how in line, line
-    finally:
-        stop.set()
-        sock.close()
 
 
 def test_restart_starts_a_taken_name_over_and_a_bench_folder_has_one_bench_at_a_time(workdir):

@@ -5,17 +5,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import TINY, free_port, run_cli
+from conftest import TINY, free_port, hanging_server, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -125,30 +123,11 @@ def test_server_down_training_goes_on_then_sync_recovers(workdir, server):
 
 
 def test_server_that_hangs_does_not_stall_training(workdir):
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    held = []
-    stop = threading.Event()
-
-    def accept_and_ignore():
-        sock.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(sock.accept()[0])  # never answer
-            except OSError:
-                pass
-
-    threading.Thread(target=accept_and_ignore, daemon=True).start()
-    try:
-        uri = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    with hanging_server() as (uri, held):
         # run_cli's timeout (300 s) is the only clock: a stalled run fails the test by never ending
         proc = run_cli(["train", "--tracking-uri", uri, *sets("tracking.run_name=hung", "tracking.timeout_s=1")], cwd=workdir, check=0)
         assert "MLflow did not receive everything" in proc.stdout and held
         assert "val/loss" in folder_metrics(workdir / "runs/hung")
-    finally:
-        stop.set()
-        sock.close()
 
 
 def _wait_synced(run_json: Path, proc, deadline_s: float = 240) -> dict:

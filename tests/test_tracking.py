@@ -162,7 +162,7 @@ def test_server_killed_during_a_run(workdir, tmp_path_factory):
     MLflow, nothing after; training finishes; ``runs sync`` uploads the rest."""
     srv = Server(tmp_path_factory.mktemp("mlflow-killed")).start()
     hold = workdir / "go"
-    train = _held_run(workdir, srv.uri, "killed", hold, "train.steps=60", "train.eval_interval=20", "model.hold_at=30")
+    train = _held_run(workdir, srv.uri, "killed", hold, "train.steps=20", "train.eval_interval=10", "model.hold_at=10")
     run_dir = workdir / "runs/killed"
     try:
         at_kill = _wait_synced(run_dir / "run.json", train)["metrics_synced"]

@@ -63,9 +63,9 @@ def _table(rows: list[tuple]) -> None:
 
 
 def _warn_broken(reg) -> None:
-    for info in reg.plugins.values():
-        if not info.ok:
-            click.echo(f"warning: plugin {info.name} ({info.dist} {info.version}) not loaded: {info.error}", err=True)
+    for plugin in reg.plugins.values():
+        if not plugin.ok:
+            click.echo(f"warning: plugin {plugin.name} ({plugin.dist} {plugin.version}) not loaded: {plugin.error}", err=True)
     for msg in reg.conflicts.values():
         click.echo(f"warning: {msg}", err=True)
 

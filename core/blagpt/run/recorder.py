@@ -104,7 +104,7 @@ class Recorder:
             result.synced = tracker.close(status)
         except BlagptError as e:
             self.say(f"warning: {e}")
-        result.mlflow_run_id = tracker.run_id
+        result.mlflow_run_id = tracker.run_id if tracker.enabled else None  # --no-track: this attempt is not in MLflow
         if tracker.enabled and not result.synced:
             why = f" ({tracker.error})" if tracker.error else ""
             self.say(f"warning: MLflow did not receive everything{why}; the run is kept in {self.run.path}; "

@@ -104,3 +104,26 @@ def workdir(tmp_path, monkeypatch):
     """A clean working directory (MLflow's default store and runs/ land here)."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def train_bpe(path: Path, vocab_size: int = 600, n_docs: int = 4) -> Path:
+    """A GPT-2-style byte-level BPE trained here, with the tokenizers library's own trainer, on
+    the start of the embedded corpus; saved as a tokenizer.json."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from blagpt.data.prepare import embedded_documents
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(embedded_documents()[:n_docs], trainer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tok.save(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def hf_bpe(tmp_path_factory):
+    return train_bpe(tmp_path_factory.mktemp("bpe") / "tokenizer.json")

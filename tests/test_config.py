@@ -50,7 +50,7 @@ def test_toml_file(tmp_path, reg):
         (["model.preset=nope"], "model.preset: unknown preset 'nope' of model 'tinylm'; known: wide, diverge, held"),
         (["optimizer.name=nope"], "optimizer.name: unknown optimizer 'nope'; known optimizers: adamw"),
         (["data.train=x*.bin"], "data: set both `train` and `val` shard globs"),
-        (["data.tokenizer=words"], "data.tokenizer: expected Literal['auto', 'gpt2', 'bytes'], got 'words'"),
+        (["data.tokenizer=words"], "data.tokenizer: unknown tokenizer 'words'; known tokenizers: bytes, gpt2, hf:PATH, tiktoken:PATH, widebytes"),
     ],
 )
 def test_errors_name_the_path_the_type_and_the_value(reg, sets, expected):

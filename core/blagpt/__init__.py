@@ -1,7 +1,7 @@
 """blagpt: train language-model architectures installed as plugins, and compare them fairly.
 
-The public API is what this module exports (for plugin authors: the specs, ``hookimpl``,
-``param_groups`` and the errors; for scripts: ``train(cfg)``), plus two public modules:
+The public API is what this module exports (for plugin authors: the specs, ``Tokenizer``,
+``hookimpl``, ``param_groups`` and the errors; for scripts: ``train(cfg)``), plus two public modules:
 ``blagpt.nn`` (optional building blocks plugins share) and ``blagpt.testing`` (the conformance kit).
 Everything else is internal; its layout shows the core's parts:
 
@@ -29,6 +29,8 @@ _EXPORTS = {
     "ModelSpec": "plugin.specs",
     "OptimizerConfig": "plugin.specs",
     "OptimizerSpec": "plugin.specs",
+    "TokenizerSpec": "plugin.specs",
+    "Tokenizer": "data.tokenizers",
     "BlagptError": "errors",
     "ConfigError": "errors",
     "DataError": "errors",
@@ -57,5 +59,6 @@ if TYPE_CHECKING:
     from .plugin.builtins import param_groups
     from .errors import BlagptError, ConfigError, DataError
     from .plugin.hookspecs import hookimpl
-    from .plugin.specs import Batch, BuildContext, LossOutput, ModelConfig, ModelSpec, OptimizerConfig, OptimizerSpec
+    from .data.tokenizers import Tokenizer
+    from .plugin.specs import Batch, BuildContext, LossOutput, ModelConfig, ModelSpec, OptimizerConfig, OptimizerSpec, TokenizerSpec
     from .run.trainer import TrainResult, train

@@ -35,8 +35,10 @@ class DataConfig(_Section):
         description="Glob of training shards (FineWeb10B format); unset: the embedded Shakespeare corpus.",
     )
     val: str | None = Field(default=None, description="Glob of validation shards; required when `train` is set.")
-    tokenizer: Literal["auto", "gpt2", "bytes"] = Field(
-        default="auto", description="Tokenizer; `auto` takes the model's default. Must be one the model supports."
+    tokenizer: str = Field(
+        default="auto",
+        description="Tokenizer: `auto` (the model's default), a registered name (`gpt2`, `bytes`, a plugin's), "
+        "`hf:PATH/tokenizer.json` or `tiktoken:PATH.tiktoken` (local vocabulary files). Must be one the model accepts.",
     )
 
     @model_validator(mode="after")
@@ -293,11 +295,14 @@ def resolve(raw: dict[str, Any], registry: "Registry") -> RunConfig:
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, cls)) from None
     tok = cfg.data.tokenizer
-    supported = registry.model_spec(cfg.model.name).tokenizers
-    if tok != "auto" and tok not in supported:
-        raise ConfigError(
-            f"data.tokenizer: model {cfg.model.name!r} supports {', '.join(supported)}, got {tok!r}"
-        )
+    spec = registry.model_spec(cfg.model.name)
+    if tok != "auto":
+        try:
+            registry.tokenizer_spec(tok)
+        except PluginError as e:
+            raise ConfigError(f"data.tokenizer: {e}") from None
+        if not spec.accepts(tok):
+            raise ConfigError(f"data.tokenizer: model {cfg.model.name!r} supports {', '.join(spec.tokenizers)}, got {tok!r}")
     if cfg.train.compile and not registry.model_spec(cfg.model.name).supports_compile:
         raise ConfigError(
             f"train.compile: model {cfg.model.name!r} declares that it cannot be compiled "

@@ -9,7 +9,7 @@ from . import CONTEXT, _config_options, _resolve, _table, _warn_broken, cli
 
 @cli.command("list", context_settings=CONTEXT)
 def list_cmd():
-    """List installed models and optimizers (nothing is built).
+    """List installed models, optimizers and tokenizers (nothing is built or loaded).
 
     \b
     Example:
@@ -26,6 +26,12 @@ def list_cmd():
     rows = [("OPTIMIZER", "PLUGIN", "", "DESCRIPTION")]
     for name, spec in sorted(reg.optimizers.items()):
         rows.append((name, reg.owner_of("optimizer", name).dist, "", spec.description))
+    _table(rows)
+    click.echo("")
+    rows = [("TOKENIZER", "PLUGIN", "", "DESCRIPTION")]
+    for name, spec in sorted(reg.tokenizers.items()):
+        ref = f"{name}:{spec.argument.split()[0]}" if spec.argument else name
+        rows.append((ref, reg.owner_of("tokenizer", name).dist, "", spec.description))
     _table(rows)
     _warn_broken(reg)
 

@@ -1,5 +1,6 @@
 """The core's own plugin, registered through the same hooks as any other (as pytest and llm do):
-the optimizer ``adamw`` and the default ``compute_loss`` (next-token cross-entropy, ``trylast``).
+the optimizer ``adamw``, the tokenizers ``gpt2``, ``bytes``, ``hf:PATH`` and ``tiktoken:PATH``,
+and the default ``compute_loss`` (next-token cross-entropy, ``trylast``).
 """
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from .hookspecs import hookimpl
-from .specs import LossOutput, OptimizerConfig, OptimizerSpec
+from .specs import LossOutput, OptimizerConfig, OptimizerSpec, TokenizerSpec
 
 
 class AdamWConfig(OptimizerConfig):
@@ -49,6 +50,18 @@ def param_groups(model, weight_decay: float) -> list[dict]:
 @hookimpl
 def register_optimizers(register):
     register(OptimizerSpec("adamw", AdamWConfig, "AdamW; no weight decay on 1-D parameters and embeddings"))
+
+
+@hookimpl
+def register_tokenizers(register):
+    from ..data.tokenizers import BUILTIN_LOADERS
+
+    register(TokenizerSpec("gpt2", "GPT-2's byte-level BPE, 50,257 ids (tiktoken, offline)", BUILTIN_LOADERS["gpt2"]))
+    register(TokenizerSpec("bytes", "UTF-8 bytes 0..255 and 256 for end-of-text", BUILTIN_LOADERS["bytes"]))
+    register(TokenizerSpec("hf", "a Hugging Face tokenizer.json (pip install 'blagpt[tokenizers]')", BUILTIN_LOADERS["hf"],
+                           argument="PATH to a tokenizer.json"))
+    register(TokenizerSpec("tiktoken", "a tiktoken ranks file (cl100k_base.tiktoken, ...)", BUILTIN_LOADERS["tiktoken"],
+                           argument="PATH to a .tiktoken file"))
 
 
 @hookimpl

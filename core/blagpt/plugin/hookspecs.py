@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         ModelSpec,
         OptimizerConfig,
         OptimizerSpec,
+        TokenizerSpec,
     )
 
 hookspec = pluggy.HookspecMarker("blagpt")
@@ -80,6 +81,29 @@ def register_optimizers(register: Callable[["OptimizerSpec"], None]) -> None:
         @hookimpl
         def register_optimizers(register):
             register(OptimizerSpec("soap", SoapConfig, "SOAP: Adam in Shampoo's eigenbasis"))
+    """
+
+
+@hookspec
+def register_tokenizers(register: Callable[["TokenizerSpec"], None]) -> None:
+    """Register the tokenizers this plugin provides.
+
+    :param register: call it once per tokenizer with a :class:`blagpt.TokenizerSpec` (name,
+        one-line description, ``load(argument) -> blagpt.Tokenizer``, and ``argument`` when the
+        tokenizer is named with one, as ``hf:PATH`` is). Registering a name another plugin already
+        registered is an error naming both distributions.
+    :return: nothing (the return value is ignored).
+
+    Not firstresult: every plugin's implementation is called, each in isolation. Must be cheap:
+    declare, do not load a vocabulary (``load`` is called when a run or ``data prepare`` needs it).
+    The conformance kit checks a tokenizer (``blagpt.testing.TokenizerTarget``): text of mixed
+    scripts and emoji round-trips, and token byte counts sum to the text's UTF-8 length.
+
+    Example::
+
+        @hookimpl
+        def register_tokenizers(register):
+            register(TokenizerSpec("unigram8k", "8k-piece unigram LM", load=lambda arg: Unigram8k()))
     """
 
 

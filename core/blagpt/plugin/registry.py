@@ -21,7 +21,7 @@ import pluggy
 
 from . import hookspecs
 from ..errors import BlagptError
-from .specs import ModelSpec, OptimizerSpec
+from .specs import ModelSpec, OptimizerSpec, TokenizerSpec
 
 if TYPE_CHECKING:
     import torch
@@ -46,6 +46,7 @@ class PluginInfo:
     module: str
     models: list[str] = field(default_factory=list)
     optimizers: list[str] = field(default_factory=list)
+    tokenizers: list[str] = field(default_factory=list)
     error: str | None = None
 
     @property
@@ -66,6 +67,8 @@ class Registry:
         self.plugins: dict[str, PluginInfo] = {}
         self.models: dict[str, ModelSpec] = {}
         self.optimizers: dict[str, OptimizerSpec] = {}
+        self.tokenizers: dict[str, TokenizerSpec] = {}
+        self._loaded_tokenizers: dict[str, object] = {}
         self.owner: dict[tuple[str, str], PluginInfo] = {}  # (kind, name) -> plugin
         self.conflicts: dict[tuple[str, str], str] = {}  # (kind, name) -> message
 
@@ -127,10 +130,12 @@ class Registry:
             return
         models: list[ModelSpec] = []
         optimizers: list[OptimizerSpec] = []
+        tokenizers: list[TokenizerSpec] = []
         try:
             for hook, sink, kind in (
                 (self.pm.hook.register_models, models, ModelSpec),
                 (self.pm.hook.register_optimizers, optimizers, OptimizerSpec),
+                (self.pm.hook.register_tokenizers, tokenizers, TokenizerSpec),
             ):
                 for impl in hook.get_hookimpls():
                     if impl.plugin_name == info.name:
@@ -139,7 +144,8 @@ class Registry:
             info.error = f"registration failed: {_one_line(e)}"
             self.pm.unregister(name=info.name)
             return
-        for kind, specs, table in (("model", models, self.models), ("optimizer", optimizers, self.optimizers)):
+        for kind, specs, table in (("model", models, self.models), ("optimizer", optimizers, self.optimizers),
+                                   ("tokenizer", tokenizers, self.tokenizers)):
             for spec in specs:
                 self._claim(kind, spec, table, info)
 
@@ -168,14 +174,39 @@ class Registry:
     def optimizer_spec(self, name: str) -> OptimizerSpec:
         return self._lookup("optimizer", name, self.optimizers)
 
-    def _lookup(self, kind: str, name: str, table: dict):
+    def tokenizer_spec(self, ref: str) -> TokenizerSpec:
+        """The spec of tokenizer reference ``ref`` (``gpt2``, ``hf:PATH``); a reference whose
+        argument does not fit its spec is a PluginError."""
+        name, sep, arg = ref.partition(":")
+        spec = self._lookup("tokenizer", name, self.tokenizers, [f"{n}:{s.argument.split()[0]}" if s.argument else n
+                                                                   for n, s in sorted(self.tokenizers.items())])
+        if spec.argument and not arg:
+            raise PluginError(f"tokenizer {name!r} takes an argument: {name}:{spec.argument.split()[0]} ({spec.argument})")
+        if sep and not spec.argument:
+            raise PluginError(f"tokenizer {name!r} takes no argument, got {ref!r}")
+        return spec
+
+    def load_tokenizer(self, ref: str):
+        """The :class:`blagpt.Tokenizer` ``ref`` names, loaded once per registry."""
+        if ref not in self._loaded_tokenizers:
+            spec = self.tokenizer_spec(ref)
+            tok = spec.load(ref.partition(":")[2] or None)
+            for attr in ("vocab_size", "eot", "encode", "decode_bytes", "token_bytes", "digest"):
+                if not hasattr(tok, attr):
+                    raise PluginError(f"tokenizer {ref!r}: its load() returned {type(tok).__name__}, which has no {attr!r} (expected a blagpt.Tokenizer)")
+            if not getattr(tok, "name", None):
+                tok.name = ref
+            self._loaded_tokenizers[ref] = tok
+        return self._loaded_tokenizers[ref]
+
+    def _lookup(self, kind: str, name: str, table: dict, known: list[str] | None = None):
         if name in table:
             return table[name]
         if (kind, name) in self.conflicts:
             raise PluginError(self.conflicts[(kind, name)] + "; uninstall one of them")
         broken = [p for p in self.plugins.values() if not p.ok and p.name == name]
         hint = f" (plugin {name!r} is installed but broken: {broken[0].error})" if broken else ""
-        known = ", ".join(sorted(table)) or "none installed"
+        known = ", ".join(known if known is not None else sorted(table)) or "none installed"
         raise PluginError(f"unknown {kind} {name!r}{hint}; known {kind}s: {known}")
 
     def owner_of(self, kind: str, name: str) -> PluginInfo:

@@ -9,14 +9,14 @@ and ``LossOutput`` are what the trainer passes to and receives from the hooks.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:  # torch stays out of `blagpt --help`
     import torch
 
-TOKENIZERS = ("gpt2", "bytes")
+ANY_TOKENIZER = "any"  # in ModelSpec.tokenizers: every registered tokenizer is accepted
 
 
 class ModelConfig(BaseModel):
@@ -60,8 +60,11 @@ class ModelSpec:
         name: lower-case model name used in ``--model`` and ``model.name``.
         config: the pydantic config class (a ``ModelConfig`` subclass).
         description: one line shown by ``blagpt list``.
-        tokenizers: tokenizers the model can train with, the first is the default
-            (``"gpt2"`` or ``"bytes"``); ``data.tokenizer`` picks another.
+        tokenizers: tokenizers the model trains with, the first is the default; ``data.tokenizer``
+            picks another. Names of registered tokenizers (``"gpt2"``, ``"bytes"``, a plugin's);
+            ``"any"`` (:data:`ANY_TOKENIZER`) accepts every tokenizer, local vocabulary files
+            (``hf:PATH``, ``tiktoken:PATH``) included: a model that only needs ``ctx.vocab_size``
+            should list it.
         presets: named partial configs (field -> value); ``model.preset`` applies them in order.
         supports_compile: whether ``torch.compile`` of the model is supported (forward and
             backward agree with eager). ``False``: a run with ``train.compile=true`` is refused
@@ -79,11 +82,45 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if isinstance(self.tokenizers, str):
             object.__setattr__(self, "tokenizers", (self.tokenizers,))
-        bad = [t for t in self.tokenizers if t not in TOKENIZERS]
-        if bad or not self.tokenizers:
-            raise ValueError(f"ModelSpec {self.name!r}: tokenizers must be from {TOKENIZERS}, got {self.tokenizers}")
+        if not self.tokenizers or not all(isinstance(t, str) and t for t in self.tokenizers):
+            raise ValueError(f"ModelSpec {self.name!r}: tokenizers must be a non-empty tuple of names, got {self.tokenizers}")
+        if self.tokenizers[0] == ANY_TOKENIZER:
+            raise ValueError(f"ModelSpec {self.name!r}: the first tokenizer is the default and must be a name, not {ANY_TOKENIZER!r}")
         if not (isinstance(self.config, type) and issubclass(self.config, ModelConfig)):
             raise TypeError(f"ModelSpec {self.name!r}: config must subclass blagpt.ModelConfig")
+
+
+    def accepts(self, tokenizer: str) -> bool:
+        """Whether a run of this model may use the tokenizer reference ``tokenizer``."""
+        return ANY_TOKENIZER in self.tokenizers or tokenizer in self.tokenizers
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """What a tokenizer plugin registers (``register_tokenizers``).
+
+    Attributes:
+        name: the tokenizer's name in ``data.tokenizer`` and ``data prepare --tokenizer``.
+        description: one line shown by ``blagpt list``.
+        load: called with the reference's argument (the part after ``name:``, or ``None``) and
+            returns a :class:`blagpt.Tokenizer`: ``vocab_size``, ``eot``, ``encode``,
+            ``decode_bytes``, ``token_bytes`` (the UTF-8 bytes each id stands for, which bits per
+            byte need) and ``digest``. Called once per reference and process; may be slow (it reads
+            the vocabulary), so ``blagpt list`` never calls it.
+        argument: what the argument is (e.g. ``"PATH to tokenizer.json"``) when the tokenizer
+            takes one (``hf:PATH``); ``None``: it takes none.
+    """
+
+    name: str
+    description: str
+    load: Callable[[str | None], Any]
+    argument: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name or ":" in self.name or self.name == ANY_TOKENIZER:
+            raise ValueError(f"TokenizerSpec {self.name!r}: a name without ':' other than {ANY_TOKENIZER!r}")
+        if not callable(self.load):
+            raise TypeError(f"TokenizerSpec {self.name!r}: load must be callable")
 
 
 @dataclass(frozen=True)
@@ -118,7 +155,7 @@ class BuildContext:
         vocab_size: number of token ids the tokenizer produces (50257 for gpt2, 257 for bytes);
             a model may pad its embedding beyond this, never below.
         max_seq_len: the longest input the trainer will feed (``train.seq_len``).
-        tokenizer: ``"gpt2"`` or ``"bytes"``.
+        tokenizer: the run's tokenizer reference (``"gpt2"``, ``"bytes"``, ``"hf:PATH"``, ...).
         compile: whether the run asked for torch.compile (``train.compile``); optimizers use it
             to decide whether to compile their own kernels.
         device: the ``torch.device`` string the run trains on.

@@ -88,7 +88,7 @@ def load_run(
     except ConfigError as e:
         raise BlagptError(f"{option} {ref}: {path}: its saved config does not resolve with the installed plugins: {e}") from None
     tok_name = cfg.tokenizer_name(registry)
-    tokenizer = get_tokenizer(tok_name)
+    tokenizer = get_tokenizer(tok_name, registry)
     ctx = BuildContext(tokenizer.vocab_size, cfg.train.seq_len, tok_name, compile=False, device=str(dev))
     model = registry.build_model(cfg.model, ctx)
     try:

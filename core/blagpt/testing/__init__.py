@@ -1,4 +1,4 @@
-"""blagpt's conformance kit: the checks every model and optimizer plugin should pass, run from
+"""blagpt's conformance kit: the checks every model, optimizer and tokenizer plugin should pass, run from
 the plugin's own pytest suite, one test per check (in the style of scikit-learn's
 ``parametrize_with_checks``)::
 
@@ -11,8 +11,8 @@ the plugin's own pytest suite, one test per check (in the style of scikit-learn'
     def test_conformance(target, check):
         check(target)
 
-``MODEL_CHECKS`` and ``OPTIMIZER_CHECKS`` map check names to check functions, in the order they
-run; each takes a target and raises ``AssertionError`` saying what was wrong. Every check is also
+``MODEL_CHECKS``, ``OPTIMIZER_CHECKS`` and ``TOKENIZER_CHECKS`` (for a ``TokenizerTarget``, by
+its reference) map check names to check functions, in the order they run; each takes a target and raises ``AssertionError`` saying what was wrong. Every check is also
 importable as ``check_<name>`` (``check_state_dict_round_trip`` and ``check_compile`` dispatch on
 the target's kind). Checks run on the CPU in fp32, offline; optimizer targets train the kit's
 probe model (:mod:`blagpt.testing.probe`). Targets must be deterministic (dropout off).
@@ -30,6 +30,7 @@ from .model_checks import check_builds_on_cpu, check_causal, check_gradients_rea
 from .optimizer_checks import check_param_groups
 from .run_checks import check_checkpoint_resume, check_ddp_matches_single_process, check_loss_falls, check_reports_bpb
 from .targets import ModelTarget, OptimizerTarget, validate_expected_failures
+from .tokenizer_checks import TokenizerTarget, check_byte_counts, check_prepare_is_exact, check_round_trip, check_tokenizer_loads
 
 Check = Callable[[Any], Any]
 
@@ -62,9 +63,17 @@ OPTIMIZER_CHECKS: dict[str, Check] = {
 }
 
 
+TOKENIZER_CHECKS: dict[str, Check] = {
+    "tokenizer_loads": check_tokenizer_loads,
+    "round_trip": check_round_trip,
+    "byte_counts": check_byte_counts,
+    "prepare_is_exact": check_prepare_is_exact,
+}
+
+
 def checks_for(kind: str) -> dict[str, Check]:
-    """``MODEL_CHECKS`` for ``"model"``, ``OPTIMIZER_CHECKS`` for ``"optimizer"``."""
-    return {"model": MODEL_CHECKS, "optimizer": OPTIMIZER_CHECKS}[kind]
+    """``MODEL_CHECKS``, ``OPTIMIZER_CHECKS`` or ``TOKENIZER_CHECKS`` by the target's kind."""
+    return {"model": MODEL_CHECKS, "optimizer": OPTIMIZER_CHECKS, "tokenizer": TOKENIZER_CHECKS}[kind]
 
 
 def _by_kind(name: str) -> Check:
@@ -84,7 +93,7 @@ check_compile = _by_kind("compile")
 
 
 def parametrize_with_checks(
-    targets: Iterable[ModelTarget | OptimizerTarget], expected_failures: Mapping[str, str] | None = None
+    targets: Iterable[ModelTarget | OptimizerTarget | TokenizerTarget], expected_failures: Mapping[str, str] | None = None
 ):
     """A ``pytest.mark.parametrize`` over ``(target, check)``: every check of every target's kind,
     with ids ``"<target id>-<check name>"``.
@@ -103,8 +112,8 @@ def parametrize_with_checks(
     if not targets:
         raise BlagptError("parametrize_with_checks: expected at least one ModelTarget or OptimizerTarget, got none")
     for t in targets:
-        if not isinstance(t, (ModelTarget, OptimizerTarget)):
-            raise BlagptError(f"parametrize_with_checks: expected ModelTarget or OptimizerTarget objects, got {t!r}")
+        if not isinstance(t, (ModelTarget, OptimizerTarget, TokenizerTarget)):
+            raise BlagptError(f"parametrize_with_checks: expected ModelTarget, OptimizerTarget or TokenizerTarget objects, got {t!r}")
     known = {name: None for t in targets for name in checks_for(t.kind)}
     common = validate_expected_failures(expected_failures, known, "parametrize_with_checks: expected_failures")
     ids = [t.target_id for t in targets]
@@ -124,9 +133,11 @@ def parametrize_with_checks(
 __all__ = [
     "MODEL_CHECKS",
     "OPTIMIZER_CHECKS",
+    "TOKENIZER_CHECKS",
     "ModelTarget",
     "OptimizerTarget",
+    "TokenizerTarget",
     "checks_for",
     "parametrize_with_checks",
-    *sorted({f"check_{n}" for n in (*MODEL_CHECKS, *OPTIMIZER_CHECKS)}),
+    *sorted({f"check_{n}" for n in (*MODEL_CHECKS, *OPTIMIZER_CHECKS, *TOKENIZER_CHECKS)}),
 ]

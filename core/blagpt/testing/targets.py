@@ -104,7 +104,7 @@ class _Target:
         cfg = resolve(self.run_raw(**train), reg)
         tok = cfg.tokenizer_name(reg)
         ctx = BuildContext(
-            vocab_size=get_tokenizer(tok).vocab_size,
+            vocab_size=get_tokenizer(tok, reg).vocab_size,
             max_seq_len=cfg.train.seq_len,
             tokenizer=tok,
             compile=cfg.train.compile,
@@ -165,8 +165,8 @@ class ModelTarget(_Target):
 
     def __post_init__(self) -> None:
         self._validate()
-        if self.tokenizer not in (None, "gpt2", "bytes"):
-            raise BlagptError(f"ModelTarget.tokenizer: expected None, 'gpt2' or 'bytes', got {self.tokenizer!r}")
+        if self.tokenizer is not None and (not isinstance(self.tokenizer, str) or not self.tokenizer):
+            raise BlagptError(f"ModelTarget.tokenizer: expected None or a tokenizer reference such as 'bytes', got {self.tokenizer!r}")
         if not isinstance(self.lr, (int, float)) or not self.lr > 0:
             raise BlagptError(f"ModelTarget.lr: expected a positive learning rate, got {self.lr!r}")
         if not isinstance(self.compile_backend, str) or not self.compile_backend:

@@ -83,7 +83,7 @@ def register_models(register):
             NAME,
             BlaGPTConfig,
             "BlaGPT: GPT + MTP, GQA, soft-capping, QK-norm, sandwich norm, Tokenformer (presets blagpt, gpt2, tokenformer)",
-            tokenizers=("gpt2", "bytes"),
+            tokenizers=("gpt2", "bytes", "any"),
             presets=PRESETS,
         )
     )

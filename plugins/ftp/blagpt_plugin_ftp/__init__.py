@@ -34,7 +34,7 @@ def register_models(register):
             NAME,
             FTPConfig,
             "FTP: causal encoder state -> small decoder predicting the next N tokens, gamma-discounted loss",
-            tokenizers=("gpt2", "bytes"),
+            tokenizers=("gpt2", "bytes", "any"),
             presets=PRESETS,
         )
     )

@@ -58,7 +58,7 @@ def tokens(B, T, seed=2, vocab=BYTES):
 def test_registered_with_presets_and_documented_fields(registry):
     spec = registry.model_spec("ftp")
     assert {"tiny", "small", "124m"} <= set(spec.presets)
-    assert spec.tokenizers == ("gpt2", "bytes")
+    assert spec.tokenizers == ("gpt2", "bytes", "any")
     for name, field in spec.config.model_fields.items():
         assert field.description, name
 

@@ -35,7 +35,7 @@ def register_models(register):
             NAME,
             HourglassConfig,
             "Hourglass: hierarchical transformer, causal shortening/upsampling (layers@factor levels)",
-            tokenizers=("bytes", "gpt2"),
+            tokenizers=("bytes", "gpt2", "any"),
             presets=PRESETS,
         )
     )

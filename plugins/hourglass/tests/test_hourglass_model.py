@@ -36,7 +36,7 @@ def build(registry, tokenizer="bytes", max_seq_len=64, **fields):
 def test_registered_with_presets_and_documented_fields(registry):
     spec = registry.model_spec("hourglass")
     assert {"tiny", "small", "124m"} <= set(spec.presets)
-    assert spec.tokenizers == ("bytes", "gpt2")
+    assert spec.tokenizers == ("bytes", "gpt2", "any")
     for name, field in HourglassConfig.model_fields.items():
         assert field.description, name
 

@@ -40,7 +40,7 @@ def register_models(register):
             "megabyte",
             MegaByteConfig,
             "MegaByte: global transformer over patches + local transformer within each patch",
-            tokenizers=("bytes", "gpt2"),
+            tokenizers=("bytes", "gpt2", "any"),
             presets=PRESETS,
         )
     )

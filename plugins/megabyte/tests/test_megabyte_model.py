@@ -32,7 +32,7 @@ def build(registry, tokenizer="bytes", max_seq_len=64, **fields):
 def test_registered_with_presets(registry):
     spec = registry.model_spec("megabyte")
     assert {"tiny", "small", "124m", "124m-gpt2"} <= set(spec.presets)
-    assert spec.tokenizers == ("bytes", "gpt2")
+    assert spec.tokenizers == ("bytes", "gpt2", "any")
     for name, field in MegaByteConfig.model_fields.items():
         assert field.description, name
 

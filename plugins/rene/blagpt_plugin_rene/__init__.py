@@ -34,7 +34,7 @@ def register_models(register):
             "rene",
             ReneConfig,
             "Rene: Mamba-2 with interleaved MLP and sliding-window attention layers",
-            tokenizers=("gpt2", "bytes"),
+            tokenizers=("gpt2", "bytes", "any"),
             presets=PRESETS,
         )
     )

@@ -28,7 +28,7 @@ def register_models(register):
             "rwkv7",
             RWKV7Config,
             "RWKV-7 Goose: RNN with the generalised delta rule (pure-PyTorch chunked kernel)",
-            tokenizers=("gpt2", "bytes"),
+            tokenizers=("gpt2", "bytes", "any"),
             presets=PRESETS,
         )
     )

@@ -42,7 +42,7 @@ def randomise(model):
 def test_registered_with_presets(registry):
     spec = registry.model_spec("rwkv7")
     assert {"tiny", "small", "124m"} <= set(spec.presets)
-    assert spec.tokenizers == ("gpt2", "bytes")
+    assert spec.tokenizers == ("gpt2", "bytes", "any")
     for name, field in RWKV7Config.model_fields.items():
         assert field.description, name
 

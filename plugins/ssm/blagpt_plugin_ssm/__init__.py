@@ -57,7 +57,7 @@ def register_models(register):
             "mamba2",
             Mamba2Config,
             "Mamba-2 (SSD, arXiv 2405.21060), pure-PyTorch chunked scan",
-            tokenizers=("gpt2", "bytes"),
+            tokenizers=("gpt2", "bytes", "any"),
             presets=PRESETS,
         )
     )

@@ -33,7 +33,7 @@ def register_models(register):
             "zamba2",
             Zamba2Config,
             "Zamba2: Mamba-2 backbone + shared attention blocks with per-invocation LoRA",
-            tokenizers=("gpt2", "bytes"),
+            tokenizers=("gpt2", "bytes", "any"),
             presets=PRESETS,
         )
     )

@@ -1,6 +1,7 @@
-"""A tiny pre-norm causal transformer, the core's test model (real entry point, real hooks).
+"""A tiny pre-norm causal transformer, the core's test model (real entry point, real hooks), and
+``widebytes``, a test tokenizer whose ids do not fit in 16 bits.
 
-Registered as ``tinylm`` (gpt2 or bytes). Small on purpose: it exists so the core's tests and the
+Registered as ``tinylm`` (gpt2, bytes, or any tokenizer). Small on purpose: it exists so the core's tests and the
 README's first run have a model before any architecture plugin is installed.
 """
 
@@ -15,7 +16,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field
 
-from blagpt import ModelConfig, ModelSpec, hookimpl
+import hashlib
+
+import numpy as np
+
+from blagpt import ModelConfig, ModelSpec, Tokenizer, TokenizerSpec, hookimpl
 
 
 class TinyLMConfig(ModelConfig):
@@ -112,7 +117,7 @@ def register_models(register):
             "tinylm",
             TinyLMConfig,
             "Tiny causal transformer for blagpt's own tests",
-            tokenizers=("gpt2", "bytes"),
+            tokenizers=("gpt2", "bytes", "any"),
             presets={"wide": {"d_model": 128, "n_heads": 8}, "diverge": {"nan_after": 2},
                      "held": {"hold_at": 6, "hold_file": "hold"}},
         )
@@ -125,3 +130,34 @@ def build_model(name, config, ctx):
         return None
     return TinyLM(config, ctx.vocab_size, ctx.max_seq_len)
 
+
+
+class WideBytes(Tokenizer):
+    """UTF-8 bytes as ids 70000..70255, end-of-text 70256: a vocabulary above 65,536 (uint32
+    shards) that any test can afford (ids below 70000 are never produced)."""
+
+    name = "widebytes"
+    offset = 70000
+    vocab_size = 70257
+    eot = 70256
+
+    def encode(self, text):
+        return [self.offset + b for b in text.encode("utf-8")]
+
+    def decode_bytes(self, ids):
+        return bytes(int(i) - self.offset for i in ids if self.offset <= int(i) < self.eot)
+
+    @property
+    def token_bytes(self):
+        out = np.zeros(self.vocab_size, dtype=np.int64)
+        out[self.offset : self.eot] = 1
+        return out
+
+    @property
+    def digest(self):
+        return hashlib.sha256(b"widebytes: utf-8 byte b is id 70000 + b, end-of-text 70256").hexdigest()
+
+
+@hookimpl
+def register_tokenizers(register):
+    register(TokenizerSpec("widebytes", "UTF-8 bytes as ids 70000-70255 (a test vocabulary above 65,536)", lambda arg: WideBytes()))

@@ -47,7 +47,7 @@ def test_shard_round_trip(tmp_path):
         (lambda b: b[:100], "truncated shard: 100 bytes"),
         (lambda b: b + b"\0\0", "has trailing bytes"),
         (lambda b: (1234).to_bytes(4, "little") + b[4:], "not a token shard: magic 1234"),
-        (lambda b: b[:4] + (2).to_bytes(4, "little") + b[8:], "unsupported shard version 2"),
+        (lambda b: b[:4] + (3).to_bytes(4, "little") + b[8:], "unsupported shard version 3"),
     ],
 )
 def test_bad_shards_are_named(tmp_path, damage, message):

@@ -98,16 +98,28 @@ def test_shards_of_another_tokenizer_are_refused_before_training(workdir):
     text.write_text("\n".join(embedded_documents()[:3]))
     for tok in ("bytes", "gpt2"):
         run_cli(["data", "prepare", str(text), "--tokenizer", tok, "--out", f"d-{tok}"], cwd=workdir, check=0)
+
+    def refused(tok, tr, va):
+        proc = run_cli(["train", "--no-track", *sets("train.steps=2", f"data.tokenizer={tok}", f"data.train={tr}", f"data.val={va}",
+                                                     "tracking.run_name=mix")], cwd=workdir)
+        assert not (workdir / "runs" / "mix").exists()  # nothing trained, nothing left behind
+        return one_error_line(proc)
+
+    # with manifests: the tokenizer that made them is named
+    assert "data.train: d-bytes/manifest.json: these shards were made with tokenizer 'bytes', not this run's 'gpt2'" in refused(
+        "gpt2", "d-bytes/train_*.bin", "d-bytes/val_*.bin")
+    assert "data.val: d-gpt2/manifest.json: these shards were made with tokenizer 'gpt2', not this run's 'bytes'" in refused(
+        "bytes", "d-bytes/train_*.bin", "d-gpt2/val_*.bin")
+    # without (modded-nanogpt's shards, an older prepare): the id range of both splits
+    for tok in ("bytes", "gpt2"):
+        (workdir / f"d-{tok}" / "manifest.json").unlink()
     cases = [
         ("gpt2", "d-bytes/train_*.bin", "d-bytes/val_*.bin", "data.train: d-bytes/train_*.bin: all of the first"),
         ("bytes", "d-bytes/train_*.bin", "d-gpt2/val_*.bin", "data.val: d-gpt2/val_*.bin: token id"),
         ("bytes", "d-gpt2/train_*.bin", "d-bytes/val_*.bin", "data.train: d-gpt2/train_*.bin: token id"),
     ]
     for tok, tr, va, want in cases:
-        proc = run_cli(["train", "--no-track", *sets("train.steps=2", f"data.tokenizer={tok}", f"data.train={tr}", f"data.val={va}",
-                                                     "tracking.run_name=mix")], cwd=workdir)
-        assert want in one_error_line(proc)
-        assert not (workdir / "runs" / "mix").exists()  # nothing trained, nothing left behind
+        assert want in refused(tok, tr, va)
 
 
 # -- 9, 11. finding runs ------------------------------------------------------------------------

@@ -53,7 +53,7 @@ class Recorder:
             self.say(f"{run.path}: starting this run again from step 0")
         return run
 
-    def start(self, step: int, resumed_from: int | None, budget, params: dict[str, Any], registry) -> None:
+    def start(self, step: int, resumed_from: int | None, budget, params: dict[str, Any], registry, datasets=()) -> None:
         """The record of a run that starts training at ``step``, and its MLflow mirror."""
         cfg, run = self.cfg, self.run
         run.config_file.write_text(cfg.to_yaml())
@@ -63,6 +63,8 @@ class Recorder:
         run.update(run_name=run.name, kind="train", experiment=cfg.tracking.experiment, model=cfg.model.name,
                    requested_tracking_uri=cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI"), status="RUNNING",
                    steps_planned=budget.steps, budget=budget.describe(), tags=tags, resumed_from=resumed_from)
+        if list(datasets) != run.meta.get("inputs"):
+            run.update(inputs=list(datasets), inputs_synced=False)
         t = cfg.tracking
         self.tracker = Tracker(run, t.uri, t.experiment, run.name, t.timeout_s, t.enabled)
         self.tracker.log_params(params, provenance_tags(registry, cfg))

@@ -204,7 +204,8 @@ def ensure_run(client, run: RunDir, experiment: str, run_name: str) -> str:
     replaced = list(meta.get("replaced_mlflow_run_ids", []))
     run.update(mlflow_run_id=new_id, mlflow_experiment_id=exp_id, tracking_uri=client.tracking_uri, mlflow_replace=False,
                replaced_mlflow_run_ids=replaced + ([run_id] if run_id else []),
-               metrics_synced=0, metrics_sending=0, params_synced={}, tags_synced=[], artifacts_synced=[], synced_all=False)
+               metrics_synced=0, metrics_sending=0, params_synced={}, tags_synced=[], artifacts_synced=[], inputs_synced=False,
+               synced_all=False)
     if run_id:
         try:
             client.set_tag(run_id, "blagpt.replaced_by", new_id)
@@ -246,12 +247,28 @@ def upload(client, run: RunDir) -> None:
         client.log_batch(run_id, metrics=[Metric(r["key"], r["value"], r["ts"], r["step"]) for r in chunk])
         done += len(chunk)
         run.update(metrics_synced=done)
+    if run.meta.get("inputs") and not run.meta.get("inputs_synced"):
+        log_inputs(client, run_id, run.meta["inputs"])
+        run.update(inputs_synced=True)
     sent_arts = set(run.meta.get("artifacts_synced", []))
     for art in run.meta.get("artifacts", []):
         if art not in sent_arts and Path(art).exists():
             client.log_artifact(run_id, art)
             sent_arts.add(art)
             run.update(artifacts_synced=sorted(sent_arts))
+
+
+def log_inputs(client, run_id: str, inputs: list[dict]) -> None:
+    """The run's datasets as MLflow dataset inputs (the UI's Dataset column and filter)."""
+    import json
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    client.log_inputs(run_id, datasets=[
+        DatasetInput(Dataset(d["name"], d["digest"], "local", json.dumps({"uri": d["source"]}), None, json.dumps(d.get("profile", {}))),
+                     tags=[InputTag("mlflow.data.context", d["context"])])
+        for d in inputs
+    ])
 
 
 def sync_run_dir(run_dir: str | Path, uri: str | None = None, timeout_s: float | None = None) -> str:

@@ -29,6 +29,7 @@ import torch
 
 from ..config import BUDGETS, RunConfig
 from ..data.loader import Layout, TokenStream, TrainLoader, check_token_ids, val_slice
+from ..data import manifest
 from ..data.prepare import embedded_dataset
 from ..data.tokenizers import get_tokenizer
 from ..errors import BlagptError, ConfigError
@@ -213,18 +214,24 @@ class Trainer:
                 self.recorder.close(status, self.result)
 
     def build_data(self) -> None:
+        """The tokenizer, both splits (checked against it: a manifest, else the id range), the
+        loader and the validation slice."""
         cfg, d, t = self.cfg, self.dist, self.cfg.train
         self.tok_name = cfg.tokenizer_name(self.registry)
-        self.tokenizer = get_tokenizer(self.tok_name)
+        self.tokenizer = get_tokenizer(self.tok_name, self.registry)
         if cfg.data.train is None:
-            d.on_main(embedded_dataset, self.tok_name)  # rank 0 prepares it once; then every rank finds it cached
-            train_glob, val_glob = embedded_dataset(self.tok_name)
+            d.on_main(embedded_dataset, self.tok_name, self.registry)  # rank 0 prepares it once; every rank finds it cached
+            train_glob, val_glob = embedded_dataset(self.tok_name, self.registry)
         else:
             train_glob, val_glob = cfg.data.train, cfg.data.val
         train_stream = TokenStream(train_glob, "training", field="data.train")
         val_stream = TokenStream(val_glob, "validation", field="data.val")
-        check_token_ids(train_stream, self.tokenizer, "data.train")
-        check_token_ids(val_stream, self.tokenizer, "data.val")
+        self.datasets = []
+        for stream, field_, context in ((train_stream, "data.train", "training"), (val_stream, "data.val", "validation")):
+            found = manifest.check(stream.paths, self.tokenizer, field_, stream.pattern)
+            if found is None:
+                check_token_ids(stream, self.tokenizer, field_)
+            self.datasets.append(manifest.dataset_input(stream, found, context))
         self.layout = layout_for(cfg, d)
         self.loader = TrainLoader(train_stream, t.seq_len, self.layout, t.seed)
         self.val = val_slice(val_stream, t.seq_len, d.rank, d.world, self.tokenizer, t.eval_tokens, t.eval_bytes)
@@ -318,7 +325,7 @@ class Trainer:
                       "total_steps": self.budget.steps if self.budget.steps is not None else "time budget",
                       "tokenizer": self.tok_name, "tokens_per_step": self.tokens_per_step,
                       "flops_per_token": self.flops_per_token if self.flops_per_token is not None else "not reported"}
-            self.recorder.start(self.step, self.result.resumed_from, self.budget, params, self.registry)
+            self.recorder.start(self.step, self.result.resumed_from, self.budget, params, self.registry, self.datasets)
         resumed = f", resumed at step {self.step}" if self.result.resumed_from is not None else ""
         self.say(
             f"run {self.run.name}: model {cfg.model.name} ({self.n_params / 1e6:.2f}M params), optimizer {cfg.optimizer.name}, "

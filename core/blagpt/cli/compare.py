@@ -60,6 +60,10 @@ def _report(bench, stats, title, note, params, interrupted):
     files = write_leaderboard(stats, bench.dir, title, note)
     click.echo("")
     click.echo(text_table(COLUMNS, table_rows(stats)))
+    scored = {e.label: r.final.get("val/bytes") for e in stats for r in e.ok_runs if r.final.get("val/bytes") is not None}
+    if len(set(scored.values())) > 1:
+        click.echo(f"note: the entries were not scored on the same validation bytes ({', '.join(f'{k}: {v:,.0f}' for k, v in scored.items())}); "
+                   "their tokenizers cut the validation text at different places")
     metrics = {f"val_bpb_mean/{_key(e.label)}": e.mean(e.bpb) for e in stats if e.bpb}
     run_id = bench.finish(files, params, metrics, interrupted)
     click.echo("")
@@ -81,10 +85,12 @@ def _eval_text(bench) -> str:
 @cli.command(context_settings=CONTEXT)
 @click.option("--models", required=True, help="Comma-separated NAME or NAME@PRESET, e.g. blagpt@gpt2+tiny,rene@tiny.")
 @click.option("--optimizers", default="adamw", show_default=True, help="Comma-separated optimizers; every model trains with each.")
+@click.option("--tokenizers", help="Comma-separated tokenizers (gpt2, bytes, hf:PATH, ...); every model trains with each, on the same text "
+              "(default: each model's own).")
 @click.option("--budget", required=True, help="tokens=N | flops=F | time=S | steps=N (suffixes k M G T; s m h).")
 @click.option("--baseline", help="Entry the p-values are computed against (default: the first).")
 @_common
-def bench(models, optimizers, budget, baseline, config_file, sets, seeds, name, launcher, retry_failed, tracking_uri, no_track):
+def bench(models, optimizers, tokenizers, budget, baseline, config_file, sets, seeds, name, launcher, retry_failed, tracking_uri, no_track):
     """Train every model x optimizer x seed on equal terms and print the leaderboard.
 
     Every run gets the same data, sequence length, global batch, validation text and budget
@@ -98,6 +104,7 @@ def bench(models, optimizers, budget, baseline, config_file, sets, seeds, name, 
       blagpt bench --models blagpt@gpt2+tiny,blagpt@blagpt+tiny --budget tokens=2M --seeds 3
       blagpt bench --models blagpt@gpt2+tiny,rene@tiny,rwkv7@tiny --budget flops=5e13 --config base.yaml
       blagpt bench --models blagpt@blagpt+tiny --optimizers adamw,soap,muon --budget time=5m
+      blagpt bench --models blagpt@gpt2+tiny --tokenizers gpt2,hf:tok/tokenizer.json --budget flops=5e13
     """
     from ..compare.bench import Bench
     from ..compare.leaderboard import summarize
@@ -105,7 +112,8 @@ def bench(models, optimizers, budget, baseline, config_file, sets, seeds, name, 
     from ..errors import ConfigError
 
     opts = [o.strip() for o in optimizers.split(",") if o.strip()]
-    entries = parse_models(models, opts)
+    toks = [t.strip() for t in tokenizers.split(",") if t.strip()] if tokenizers else None
+    entries = parse_models(models, opts, toks)
     labels = [e.label for e in entries]
     if baseline is not None and baseline not in labels:
         raise ConfigError(f"--baseline {baseline!r}: not an entry; entries: {', '.join(labels)}")
@@ -115,7 +123,8 @@ def bench(models, optimizers, budget, baseline, config_file, sets, seeds, name, 
     click.echo(f"bench {b.name}: {len(entries)} entries x {seeds} seed(s), budget {budget}; folder {b.dir}")
     data, interrupted = b.run(entries)
     stats = summarize(data, labels, baseline)
-    params = {"bench.models": models, "bench.optimizers": optimizers, "bench.budget": budget, "bench.seeds": seeds,
+    params = {"bench.models": models, "bench.optimizers": optimizers, "bench.tokenizers": tokenizers or "each model's own",
+              "bench.budget": budget, "bench.seeds": seeds,
               "bench.baseline": baseline or labels[0]}
     title = f"bench {b.name}: {', '.join(labels)}; budget {budget}; {seeds} seed(s)"
     _report(b, stats, title, NOTE.format(what=_eval_text(b)), params, interrupted)

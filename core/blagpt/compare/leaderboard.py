@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-SERIES_KEYS = ("val/loss", "val/bpb", "train/tokens", "train/elapsed_s")
+SERIES_KEYS = ("val/loss", "val/bpb", "val/bytes", "train/tokens", "train/elapsed_s")
 SCALAR_KEYS = ("train/tokens_per_s", "train/peak_mem_mb")
 
 

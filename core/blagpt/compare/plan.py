@@ -47,21 +47,23 @@ class Child:
     error: str | None = None
 
 
-def parse_models(text: str, optimizers: list[str]) -> list[Entry]:
-    """``--models a,b@preset`` x ``--optimizers x,y`` -> entries labelled ``a``, ``b@preset``
-    (with ``/optimizer`` appended when several optimizers are compared)."""
+def parse_models(text: str, optimizers: list[str], tokenizers: list[str] | None = None) -> list[Entry]:
+    """``--models a,b@preset`` x ``--optimizers x,y`` [x ``--tokenizers t,u``] -> entries labelled
+    ``a``, ``b@preset`` (with ``/optimizer`` and ``/tokenizer`` appended when several are compared)."""
     models = [m.strip() for m in text.split(",") if m.strip()]
     if not models:
         raise ConfigError("--models: expected a comma-separated list like blagpt@gpt2+tiny,rene@tiny")
+    toks = tokenizers or [None]
     out = []
     for m in models:
         name, _, preset = m.partition("@")
         if not re.fullmatch(r"[a-z0-9_][a-z0-9_.-]*", name):
             raise ConfigError(f"--models: {m!r} is not NAME or NAME@PRESET")
-        sets = (f"model.preset={preset}",) if preset else ()
         for opt in optimizers:
-            label = m if len(optimizers) == 1 else f"{m}/{opt}"
-            out.append(Entry(label, name, opt, sets))
+            for tok in toks:
+                label = m + (f"/{opt}" if len(optimizers) > 1 else "") + (f"/{tok}" if len(toks) > 1 else "")
+                sets = ((f"model.preset={preset}",) if preset else ()) + ((f"data.tokenizer={tok}",) if tok else ())
+                out.append(Entry(label, name, opt, sets))
     labels = [e.label for e in out]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"--models: an entry is listed twice ({', '.join(labels)})")

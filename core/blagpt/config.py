@@ -112,6 +112,21 @@ class TrainConfig(_Section):
         "loaded weights-only, with a fresh optimizer at step 0; e.g. after growing a model.",
     )
     device: str = Field(default="auto", description="`auto`, `cpu`, `cuda` or `cuda:N`.")
+    parallel: Literal["ddp", "fsdp"] = Field(
+        default="ddp",
+        description="Over several ranks: `ddp` (a full copy per rank) or `fsdp` (FSDP2: parameters, gradients and "
+        "optimizer state sharded by block; bf16 compute and reduction with fp32 master weights on CUDA; sharded "
+        "checkpoints that resume on any number of ranks).",
+    )
+    activation_checkpointing: Literal["none", "blocks"] = Field(
+        default="none", description="`blocks`: recompute each block's activations in the backward pass (less memory, ~1/3 more compute)."
+    )
+    peak_flops: float | None = Field(
+        default=None,
+        gt=0,
+        description="Peak FLOP/s of one device for MFU; unset: looked up by the CUDA device's name (bf16 or fp32 dense), "
+        "no MFU on the CPU.",
+    )
     out_dir: str = Field(default="runs", description="Folder of run folders (checkpoints, local metrics).")
 
     @model_validator(mode="after")

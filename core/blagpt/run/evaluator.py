@@ -19,11 +19,15 @@ from .distributed import Dist
 
 
 class Evaluator:
-    """Scores a model on one rank's share of the validation slice; the sums cross ranks."""
+    """Scores a model on one rank's share of the validation slice; the sums cross ranks.
+
+    ``lockstep``: every rank runs as many forwards as the rank with the most rows (a sharded model's
+    forward is a collective); a rank out of rows scores a padding batch that counts for nothing.
+    """
 
     def __init__(self, val: ValSlice, token_bytes, micro_batch: int, seq_len: int, dist: Dist,
-                 autocast: AbstractContextManager, compute_loss, model_config) -> None:
-        self.val, self.micro_batch, self.seq_len, self.dist = val, micro_batch, seq_len, dist
+                 autocast: AbstractContextManager, compute_loss, model_config, lockstep: bool = False) -> None:
+        self.val, self.micro_batch, self.seq_len, self.dist, self.lockstep = val, micro_batch, seq_len, dist, lockstep
         self.token_bytes = torch.from_numpy(token_bytes).to(dist.device)
         self.autocast, self.compute_loss, self.model_config = autocast, compute_loss, model_config
 
@@ -32,12 +36,20 @@ class Evaluator:
         nll_sum = torch.zeros((), dtype=torch.float64, device=device)
         counts = torch.zeros(2, dtype=torch.float64, device=device)  # tokens, bytes
         positions = torch.arange(self.seq_len, device=device)[None, :]
+        rows, valid = self.val.rows, self.val.valid
+        n_batches = -(-len(rows) // self.micro_batch)
+        if self.lockstep:
+            most = int(self.dist.all_max(torch.tensor([n_batches], device=device)).item())
+            pad = (most - n_batches) * self.micro_batch
+            if pad:
+                rows = torch.cat([rows, torch.zeros(pad, self.seq_len + 1, dtype=rows.dtype)])
+                valid = torch.cat([valid, torch.zeros(pad, dtype=valid.dtype)])
         model.eval()
         try:
             with torch.no_grad(), self.autocast:
-                for i in range(0, len(self.val.rows), self.micro_batch):
-                    batch = Batch(self.val.rows[i : i + self.micro_batch].to(device))
-                    real = positions < self.val.valid[i : i + self.micro_batch].to(device)[:, None]
+                for i in range(0, len(rows), self.micro_batch):
+                    batch = Batch(rows[i : i + self.micro_batch].to(device))
+                    real = positions < valid[i : i + self.micro_batch].to(device)[:, None]
                     out = self.compute_loss(model, batch, self.model_config)
                     nll_sum += out.nll.double()[real].sum()
                     counts[0] += real.sum()

@@ -49,7 +49,7 @@ class Recorder:
                 f"continue it with --resume {name}, start it over with --restart, or pick another tracking.run_name"
             )
         if run.exists():  # started before but never checkpointed (or --restart): start again
-            run.checkpoint_file.unlink(missing_ok=True)
+            run.remove_checkpoint()
             self.say(f"{run.path}: starting this run again from step 0")
         return run
 

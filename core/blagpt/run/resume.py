@@ -3,7 +3,7 @@
 A resumed run keeps its config. Only what does not change what is being trained may differ: the
 budget (``train.steps``/``tokens``/``flops``/``time_s``; a new budget replaces the old one), the
 evaluation, logging and checkpoint intervals, ``train.device``, ``train.compile``,
-``train.out_dir`` and ``tracking.*``. Anything else (``--set model.n_layers=3``) is refused in one
+``train.out_dir``, ``train.activation_checkpointing``, ``train.peak_flops`` and ``tracking.*``. Anything else (``--set model.n_layers=3``) is refused in one
 line naming every field that differs. A run killed before its first checkpoint has no state to
 resume: it starts again from step 0 with the config saved in its folder.
 """
@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 RESUMABLE = (
     "train.steps", "train.tokens", "train.flops", "train.time_s", "train.eval_interval", "train.log_interval",
-    "train.checkpoint_interval", "train.compile", "train.device", "train.out_dir", "tracking.",
+    "train.checkpoint_interval", "train.compile", "train.device", "train.out_dir", "train.activation_checkpointing",
+    "train.peak_flops", "tracking.",
 )
 
 
@@ -76,7 +77,7 @@ class Resume:
             diffs = ", ".join(f"{k} ({before.get(k)!r} -> {after.get(k)!r})" for k in changed[:8])
             raise ConfigError(
                 f"{where}: a resumed run keeps its config, but {diffs} differ; only the budget, the eval/log/checkpoint "
-                "intervals, train.device, train.compile and tracking.* may change (start a new run for the rest)"
+                "intervals, train.device, train.compile, train.activation_checkpointing, train.peak_flops and tracking.* may change (start a new run for the rest)"
             )
         return cfg
 

@@ -7,6 +7,7 @@ holds everything a run is, whether or not MLflow received it:
   and how much of the record MLflow has (replaced atomically on every update);
 - ``metrics.jsonl``: one JSON object per metric and step, appended (:class:`MetricsLog`);
 - ``checkpoint.pt``: the last checkpoint (:mod:`blagpt.run.checkpoint`, replaced atomically);
+  under ``train.parallel: fsdp`` it names the folder ``checkpoint-<step>-<id>/`` of its shards;
 - ``config.yaml``: the resolved config the run was started (or last resumed) with;
 - ``loss_curve.png``; ``.lock``: the lock of the process that owns the folder.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import threading
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -229,15 +231,25 @@ class RunDir:
 
         return checkpoint.load(self.checkpoint_file)
 
+    def remove_checkpoint(self) -> None:
+        """Delete the checkpoint (``checkpoint.pt`` first, then any sharded folders)."""
+        from . import checkpoint
+
+        self.checkpoint_file.unlink(missing_ok=True)
+        checkpoint.remove_shards(self.path)
+
     # -- ownership ---------------------------------------------------------------------------
 
     def remove_temp_files(self) -> list[str]:
         """Delete the temp files of writes that never finished (a killed process leaves
-        ``.checkpoint.pt.<pid>.tmp``). Call it holding the lock: nobody else writes here then."""
+        ``.checkpoint.pt.<pid>.tmp``, or a folder of shards ``.checkpoint-<step>-<id>.tmp/``). Call it holding the lock: nobody else writes here then."""
         gone = []
         for p in self.path.glob(f".*{TEMP_SUFFIX}"):
             try:
-                p.unlink()
+                if p.is_dir():  # the shards of a sharded checkpoint never published
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
                 gone.append(p.name)
             except OSError:
                 pass

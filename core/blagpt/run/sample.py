@@ -72,6 +72,7 @@ def load_run(
     installed plugins cannot resolve, weights that do not fit the rebuilt model.
     """
     from ..config import resolve
+    from .checkpoint import model_weights
     from .rundir import RunDir
 
     registry = registry or get_registry()
@@ -92,7 +93,7 @@ def load_run(
     ctx = BuildContext(tokenizer.vocab_size, cfg.train.seq_len, tok_name, compile=False, device=str(dev))
     model = registry.build_model(cfg.model, ctx)
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(model_weights(state))
     except RuntimeError as e:
         first = next((ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()), str(e))
         raise BlagptError(f"{option} {ref}: {path}: weights do not fit model {cfg.model.name!r}: {first}") from None

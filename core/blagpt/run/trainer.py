@@ -1,9 +1,11 @@
-"""The trainer: one code path for a single process and for ``torchrun`` ranks (DDP).
+"""The trainer: one code path for a single process and for ``torchrun`` ranks (DDP or FSDP2).
 
 The trainer knows a model only through its hooks (``build_model``, ``build_optimizer``,
 ``compute_loss``). Under ``torchrun`` every rank runs the same :class:`Trainer`: the global batch
 is fixed by the config and gradient accumulation absorbs the world size. Validation reports nats
 per token and bits per byte on a fixed slice of the validation split (:mod:`.evaluator`).
+``train.parallel`` picks how ranks share the model (:mod:`.parallel`): a full copy each (DDP), or
+sharded by block (FSDP2, with sharded checkpoints).
 
 :meth:`Trainer.train` reads as the loop it runs: claim the run folder, build data, build model and
 optimizer, restore, then per step ``train_step`` -> ``maybe_evaluate`` -> ``maybe_log`` ->
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
@@ -36,6 +38,7 @@ from ..errors import BlagptError, ConfigError
 from ..plugin.registry import Registry, get_registry
 from ..plugin.specs import Batch, BuildContext
 from . import checkpoint as ckpt
+from . import parallel
 from .distributed import Dist, device_peak_flops, peak_memory_mb, setup_distributed
 from .divergence import FiniteWatch, TrainingDiverged  # noqa: F401 - TrainingDiverged is raised from here
 from .evaluator import Evaluator
@@ -124,13 +127,13 @@ class Trainer:
                 tokens = tokens.pin_memory()
             batch = Batch(tokens.to(self.dist.device, non_blocking=True))
             sync_grads = micro == layout.accum - 1 or self.dist.world == 1
-            with _no_sync(model, not sync_grads), self.autocast:
+            with parallel.gradient_sync(model, sync_grads), self.autocast:
                 out = self.registry.compute_loss(model, batch, self.cfg.model)
             (out.loss / layout.accum).backward()
             loss += out.loss.detach() / layout.accum
             for k, v in out.metrics.items():
                 extra[k] = extra.get(k, 0.0) + (v.detach() if torch.is_tensor(v) else v) / layout.accum
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip) if t.grad_clip is not None else None
+        grad_norm = parallel.local(torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)) if t.grad_clip is not None else None
         self.finite.see(self.step + 1, loss, grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -181,12 +184,12 @@ class Trainer:
             return
         self.raise_if_diverged()
         rngs = self.dist.gather(ckpt.rng_state())
-        if self.dist.main:
-            self.run.save_checkpoint({
-                "step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "loader": self.loader.state_dict(), "rng": rngs, "elapsed_s": self.elapsed,
-                "config": self.cfg.model_dump(mode="json"), "world_size": self.dist.world,
-            })
+        payload = {"step": self.step, "loader": self.loader.state_dict(), "rng": rngs, "elapsed_s": self.elapsed,
+                   "config": self.cfg.model_dump(mode="json"), "world_size": self.dist.world}
+        if t.parallel == "fsdp":  # every rank writes its shards
+            ckpt.save_sharded(self.run, self.model, self.optimizer, payload, self.dist)
+        elif self.dist.main:
+            self.run.save_checkpoint({**payload, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()})
         self.dist.barrier()
 
     # -- phases before the loop --------------------------------------------------------------
@@ -248,9 +251,26 @@ class Trainer:
         self.model = self.registry.build_model(self.cfg.model, ctx).to(d.device)
         self.flops_per_token = self.model.flops_per_token(t.seq_len) if hasattr(self.model, "flops_per_token") else None
         self.budget: Budget = budget or budget_for(t, self.tokens_per_step, self.flops_per_token)
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+        self.shard_model()
         self.optimizer = self.registry.build_optimizer(self.model, self.cfg.optimizer, replace(ctx, total_steps=self.budget.steps))
         self.peak_lrs = [g["lr"] for g in self.optimizer.param_groups]
-        self.n_params = sum(p.numel() for p in self.model.parameters())
+
+    def shard_model(self) -> None:
+        """Activation checkpointing of the blocks, and FSDP2 sharding over several ranks: both before
+        the optimizer is built (sharding replaces the parameters with DTensors)."""
+        t, d = self.cfg.train, self.dist
+        shard = t.parallel == "fsdp" and d.world > 1
+        if not shard and t.activation_checkpointing == "none":
+            return
+        blocks = parallel.find_blocks(self.model)
+        if t.activation_checkpointing == "blocks":
+            parallel.checkpoint_blocks(blocks, self.cfg.model.name)
+        if shard:
+            if not blocks:
+                self.say(f"note: model {self.cfg.model.name!r} names no blocks (no nn.ModuleList, no parallel_blocks()): "
+                         "FSDP shards it as one unit")
+            parallel.shard(self.model, blocks, d.device)
 
     def restore(self) -> None:
         """Resume from the checkpoint (every rank its own RNG state), or start at step 0."""
@@ -262,8 +282,11 @@ class Trainer:
                 self.load_init_weights()
             torch.manual_seed(t.seed + d.rank)  # distinct dropout per rank, same weights (built above)
             return
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if "shards" in state:  # resharded to this run's ranks
+            ckpt.load_sharded(state, self.model, self.optimizer)
+        else:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.loader.load_state_dict(state["loader"])
         self.step, self.elapsed = int(state["step"]), float(state.get("elapsed_s", 0.0))
         self.start_step = self.result.resumed_from = self.step
@@ -271,7 +294,9 @@ class Trainer:
         if len(rngs) == d.world:
             ckpt.set_rng_state(rngs[d.rank])
         else:
-            self.say(f"warning: checkpoint has RNG states of {len(rngs)} ranks, this run has {d.world}; dropout draws will differ")
+            self.say(f"warning: checkpoint has RNG states of {len(rngs)} ranks, this run has {d.world}; each rank's RNG is "
+                     "re-seeded from train.seed, the step and its rank, so dropout draws will differ (the data order, "
+                     "which follows the global step, does not)")
             torch.manual_seed(t.seed + self.step + d.rank)
         if self.budget.done(self.step, self.elapsed):
             saved = state["config"]["train"]
@@ -292,17 +317,24 @@ class Trainer:
     def load_init_weights(self) -> None:
         path = self.cfg.train.init_from
         try:
-            self.model.load_state_dict(ckpt.load_weights(path))
+            weights = ckpt.load_weights(path)
+            if parallel.is_sharded(self.model):  # every rank holds the full weights; each keeps its shards
+                from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+                set_model_state_dict(self.model, weights, options=StateDictOptions(full_state_dict=True))
+            else:
+                self.model.load_state_dict(weights)
         except RuntimeError as e:
             first = next((ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()), str(e))
             raise BlagptError(f"train.init_from: {path}: weights do not fit model {self.cfg.model.name!r}: {first}") from None
         self.say(f"initialised model weights from {path}")
 
     def wrap_model(self) -> None:
-        """DDP over ranks, torch.compile if asked, bf16 autocast; the evaluator on the unwrapped model."""
+        """DDP over ranks (fsdp sharded the model before the optimizer was built), torch.compile if
+        asked, bf16 autocast; the evaluator on the unwrapped model."""
         t, d = self.cfg.train, self.dist
         self.train_model = self.eval_model = self.model
-        if d.world > 1:
+        if d.world > 1 and t.parallel == "ddp":
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             self.train_model = DDP(self.model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
@@ -311,10 +343,14 @@ class Trainer:
         self.bf16 = t.precision == "bf16" or (t.precision == "auto" and d.device.type == "cuda")
         self.autocast = torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=self.bf16)
         self.evaluator = Evaluator(self.val, self.tokenizer.token_bytes, self.layout.micro_batch, t.seq_len, d,
-                                   self.autocast, self.registry.compute_loss, self.cfg.model)
+                                   self.autocast, self.registry.compute_loss, self.cfg.model,
+                                   lockstep=parallel.is_sharded(self.model))
         self.finite = FiniteWatch(d)
         self.window = (0.0, 0, 0)  # seconds, tokens, steps since the last logged throughput
-        self.peak_flops = device_peak_flops(d.device)
+        self.peak_flops = device_peak_flops(d.device, self.bf16, t.peak_flops)
+        if self.peak_flops is None and d.device.type == "cuda" and self.flops_per_token:
+            self.say(f"note: no peak FLOP/s known for {torch.cuda.get_device_name(d.device)!r} in {'bf16' if self.bf16 else 'fp32'}; "
+                     "set train.peak_flops to log train/mfu")
 
     def start_tracking(self) -> None:
         """Rank 0: the run's record (run.json, config.yaml, metrics kept up to the resumed step) and
@@ -329,7 +365,7 @@ class Trainer:
         resumed = f", resumed at step {self.step}" if self.result.resumed_from is not None else ""
         self.say(
             f"run {self.run.name}: model {cfg.model.name} ({self.n_params / 1e6:.2f}M params), optimizer {cfg.optimizer.name}, "
-            f"{self.budget.describe()} x {self.layout.global_batch} seqs x {t.seq_len} tokens, {d.world} rank(s) on {d.device.type}, "
+            f"{self.budget.describe()} x {self.layout.global_batch} seqs x {t.seq_len} tokens, {d.world} rank(s) on {d.device.type}{f' ({t.parallel})' if d.world > 1 else ''}, "
             f"{'bf16' if self.bf16 else 'fp32'}{', compiled' if t.compile else ''}{resumed}"
         )
 
@@ -412,9 +448,3 @@ def layout_for(cfg: RunConfig, d: Dist) -> Layout:
         )
     return Layout(micro_batch=m, world=d.world, rank=d.rank, accum=g // (m * d.world))
 
-
-def _no_sync(model: torch.nn.Module, skip: bool):
-    inner = getattr(model, "_orig_mod", model)
-    if skip and hasattr(inner, "no_sync"):
-        return inner.no_sync()
-    return nullcontext()

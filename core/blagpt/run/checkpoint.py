@@ -19,12 +19,14 @@ its non-tensor values (optimizer hyper-parameters) with ``weights_only=True``: s
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import os
 import pickle
 import shutil
 import uuid
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -129,12 +131,13 @@ def model_weights(state: dict[str, Any]) -> dict[str, Any]:
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     reader = _SafeReader(state["shards"])
-    meta = reader.read_metadata()
+    meta = reader.read_metadata()  # a bad metadata file fails here, in one line
     weights = {k.removeprefix("model."): torch.empty(m.size, dtype=m.properties.dtype)
                for k, m in meta.state_dict_metadata.items() if k.startswith("model.") and isinstance(m, TensorStorageMetadata)}
     try:
-        dcp.load({"model": weights}, storage_reader=reader, planner=_SafeLoadPlanner(), no_dist=True)
-    except Exception as e:  # noqa: BLE001 - a damaged shard file
+        with _single_process_quiet():
+            dcp.load({"model": weights}, storage_reader=reader, planner=_SafeLoadPlanner(), no_dist=True)
+    except (Exception, dcp.CheckpointException) as e:  # noqa: BLE001 - a damaged shard file
         raise CheckpointError(f"{state['shards']}: cannot read the sharded model weights ({_why(e)})") from None
     return weights
 
@@ -155,9 +158,10 @@ def save_sharded(run, model: torch.nn.Module, optimizer: torch.optim.Optimizer, 
     model_sd, optim_sd = get_state_dict(model, optimizer)
     error = None
     try:
-        dcp.save({"model": model_sd, "optimizer": optim_sd}, storage_writer=FileSystemWriter(tmp, sync_files=True),
-                 no_dist=d.world == 1)
-    except Exception as e:  # noqa: BLE001 - DCP raises on every rank when one fails
+        with _single_process_quiet():
+            dcp.save({"model": model_sd, "optimizer": optim_sd}, storage_writer=FileSystemWriter(tmp, sync_files=True),
+                     no_dist=d.world == 1)
+    except (Exception, dcp.CheckpointException) as e:  # noqa: BLE001 - DCP raises on every rank when one fails
         error = e
 
     def publish() -> None:
@@ -180,12 +184,15 @@ def load_sharded(state: dict[str, Any], model: torch.nn.Module, optimizer: torch
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+    reader = _SafeReader(state["shards"])
+    reader.read_metadata()  # a bad metadata file fails here in one line, not inside DCP's logged retries
     model_sd, optim_sd = get_state_dict(model, optimizer)
     target = {"model": model_sd, "optimizer": optim_sd}
     try:
-        dcp.load(target, storage_reader=_SafeReader(state["shards"]), planner=_SafeLoadPlanner(),
-                 no_dist=not torch.distributed.is_initialized())
-    except Exception as e:  # noqa: BLE001 - missing keys (another model), damaged files
+        with _single_process_quiet():
+            dcp.load(target, storage_reader=reader, planner=_SafeLoadPlanner(),
+                     no_dist=not torch.distributed.is_initialized())
+    except (Exception, dcp.CheckpointException) as e:  # noqa: BLE001 - missing keys (another model), damaged files
         raise CheckpointError(f"{state['shards']}: cannot load the sharded checkpoint into this model and optimizer ({_why(e)})") from None
     set_state_dict(model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optimizer"])
 
@@ -197,6 +204,14 @@ def remove_shards(folder: Path, keep: str | None = None) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _single_process_quiet():
+    """DCP warns on every call in one process that it assumes one process: that is the intent here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is .*single process", category=UserWarning)
+        yield
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -206,7 +221,17 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _why(e: BaseException) -> str:
-    return e.strerror if isinstance(e, OSError) and e.strerror else " ".join(str(e).split())[:300]
+    """One line saying what went wrong; for DCP's CheckpointException, the first failed rank's error."""
+    failures = getattr(e, "failures", None)
+    if isinstance(failures, dict) and failures:
+        rank, (first, _) = min(failures.items(), key=lambda kv: kv[0])
+        return f"rank {rank}: {_why(first)}"
+    if isinstance(e, CheckpointError):
+        return str(e)
+    cause = e.__cause__ or e.__context__  # torch's file writer reports a refused write as RuntimeError
+    if not isinstance(e, OSError) and isinstance(cause, OSError):
+        return _why(cause)
+    return e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
 
 
 # DCP's metadata is a pickle: read it accepting only these globals (its dataclasses, torch.Size,

@@ -22,7 +22,18 @@ NOTE = (
 )
 
 
+def _remember(ctx, param, value):
+    ctx.meta[f"blagpt.{param.name}"] = value
+    return value
+
+
 def _common(f):
+    f = click.option("--address", expose_value=False, callback=_remember, metavar="ADDR",
+                     help="With --executor ray: the Ray cluster's address (default: $RAY_ADDRESS, else a local Ray started for the bench).")(f)
+    f = click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True, expose_value=False,
+                     callback=_remember, help="Where runs execute: this machine, or one Ray task per run (pip install 'blagpt[ray]').")(f)
+    f = click.option("--parallel", default=1, show_default=True, type=click.IntRange(min=1), expose_value=False, callback=_remember,
+                     help="Runs at once on this machine: each on its own GPU(s) (CUDA_VISIBLE_DEVICES), or on CPUs its own share of the cores.")(f)
     f = click.option("--no-track", is_flag=True, help="Do not log to MLflow (the bench folder still records everything).")(f)
     f = click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db).")(f)
     f = click.option("--retry-failed", is_flag=True, help="Train again the runs that failed in an earlier attempt.")(f)
@@ -52,6 +63,26 @@ def _launcher(text):
     import shlex
 
     return shlex.split(text) if text else None
+
+
+def _executor(launcher_text, raw):
+    """The executor --parallel / --executor / --address ask for (:mod:`blagpt.compare.executor`)."""
+    import atexit
+    import os
+
+    from ..compare.executor import RayExecutor, make_executor
+
+    meta = click.get_current_context().meta
+    kind, n, address = meta.get("blagpt.executor", "local"), meta.get("blagpt.parallel", 1), meta.get("blagpt.address")
+    if kind == "ray" and address is None:
+        address = os.environ.get("RAY_ADDRESS")
+    if kind == "ray" and n > 1:
+        raise click.UsageError("--parallel: not with --executor ray (Ray runs as many at once as the cluster has room for)")
+    device = str((raw.get("train") or {}).get("device", "auto"))
+    ex = make_executor(kind, n, address, _launcher(launcher_text), device)
+    if isinstance(ex, RayExecutor):
+        atexit.register(ex.close)
+    return ex
 
 
 def _report(bench, stats, title, note, params, interrupted):
@@ -119,7 +150,7 @@ def bench(models, optimizers, tokenizers, budget, baseline, config_file, sets, s
         raise ConfigError(f"--baseline {baseline!r}: not an entry; entries: {', '.join(labels)}")
     raw = _base(config_file, sets, budget, tracking_uri, no_track)
     identity = {"entries": [asdict(e) for e in entries], "launcher": launcher}
-    b = Bench("bench", identity, raw, seeds, name, _launcher(launcher), retry_failed, echo=click.echo)
+    b = Bench("bench", identity, raw, seeds, name, _launcher(launcher), retry_failed, echo=click.echo, executor=_executor(launcher, raw))
     click.echo(f"bench {b.name}: {len(entries)} entries x {seeds} seed(s), budget {budget}; folder {b.dir}")
     data, interrupted = b.run(entries)
     stats = summarize(data, labels, baseline)
@@ -157,7 +188,7 @@ def ablate(model, optimizer, tries, greedy, noise, budget, config_file, sets, se
     parsed = [(t, parse_try(t)) for t in tries]
     raw = _base(config_file, sets, budget, tracking_uri, no_track)
     identity = {"model": model, "optimizer": optimizer, "tries": list(tries), "greedy": greedy, "noise": noise, "launcher": launcher}
-    b = Bench("ablate", identity, raw, seeds, name, _launcher(launcher), retry_failed, echo=click.echo)
+    b = Bench("ablate", identity, raw, seeds, name, _launcher(launcher), retry_failed, echo=click.echo, executor=_executor(launcher, raw))
     click.echo(f"ablation {b.name}: {model} + {len(tries)} change(s){' (greedy)' if greedy else ''} x {seeds} seed(s); folder {b.dir}")
     steps, data, order, kept, interrupted = run_ablation(b, base_entry.model, optimizer, parsed, greedy, noise, base_sets=base_entry.sets)
     rows = table_rows(steps, greedy)

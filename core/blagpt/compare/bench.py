@@ -19,7 +19,6 @@ which trains them again from step 0 (``blagpt train --restart``).
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,6 +27,7 @@ from .leaderboard import RunData
 from .parent import ParentRun
 from .plan import Child, Entry, Plan
 from .state import BenchState
+from .executor import Job, Sequential
 from .supervisor import Supervisor, reason
 
 
@@ -36,7 +36,7 @@ class Bench:
 
     def __init__(self, kind: str, identity: dict[str, Any], base_raw: dict[str, Any], seeds: int, name: str | None = None,
                  launcher: list[str] | None = None, retry_failed: bool = False, echo: Callable[[str], None] = print,
-                 registry=None) -> None:
+                 registry=None, executor=None) -> None:
         from ..plugin.registry import get_registry
 
         self.plan = Plan(kind, identity, base_raw, seeds, name)
@@ -47,6 +47,7 @@ class Bench:
         self.state = BenchState(self.dir, self.plan.identity, self.name)
         self.lock = FolderLock(self.dir, what=kind)
         self.supervisor = Supervisor(self.dir / "logs", launcher or [sys.executable], echo)
+        self.executor = executor or Sequential()  # where the runs execute (:mod:`.executor`)
         self.parent = ParentRun(self.dir, kind, self.name, self.plan.tracking_uri, self.experiment, self.plan.tracking_enabled, echo)
 
     @property
@@ -63,30 +64,30 @@ class Bench:
         self.state.save(self.seeds)
         if self.parent.run_id is None:
             self.parent.open()
-        for i, child in enumerate(children, 1):
-            if self.stopping:
-                break
-            self.run_child(child, f"[{i}/{len(children)}]")
+        self.executor.run([self.child_job(c, f"[{i}/{len(children)}]") for i, c in enumerate(children, 1)], self.supervisor)
         self.state.save(self.seeds)
         return [self.run_data(c) for c in children], self.stopping
 
-    def run_child(self, child: Child, tag: str) -> None:
+    def child_job(self, child: Child, tag: str) -> Job:
+        """The child as a :class:`~.executor.Job`: its ``blagpt train`` arguments when it starts
+        (None: nothing to do), its record when it ends."""
+        run = RunDir(self.dir / child.name)
+        return Job(child.name, lambda: self.start_child(child, run, tag),
+                   lambda outcome, seconds: self.record(child, run.refresh(), outcome, seconds))
+
+    def start_child(self, child: Child, run: RunDir, tag: str) -> list[str] | None:
         head = f"{tag} {child.entry.label} seed {child.seed}"
         if child.config is None:
             self.echo(f"{head}: FAILED before start: {child.error}")
-            return
-        run = RunDir(self.dir / child.name)
+            return None
         failure = self.state.failures.get(child.name)
-        if run.exists() and run.status == "FINISHED":
+        if run.refresh().exists() and run.status == "FINISHED":
             self.echo(f"{head}: done already ({child.name})")
-            return
+            return None
         if failure and not self.retry_failed:
             self.echo(f"{head}: failed before ({failure}); --retry-failed runs it again")
-            return
-        args = self.child_args(child, run, failure, head)
-        t0 = time.monotonic()
-        outcome = self.supervisor.run(child.name, args)
-        self.record(child, run.refresh(), outcome, time.monotonic() - t0)
+            return None
+        return self.child_args(child, run, failure, head)
 
     def child_args(self, child: Child, run: RunDir, failure: str | None, head: str) -> list[str]:
         """``blagpt train`` arguments for this child: resume it, or start it (again)."""
@@ -102,16 +103,17 @@ class Bench:
 
     def record(self, child: Child, run: RunDir, outcome, seconds: float) -> None:
         status = run.status if run.exists() else None
+        who = "" if isinstance(self.executor, Sequential) else f" {child.name}"  # runs beside each other: say which
         if outcome.rc == 0 and status == "FINISHED":
             final = _last_eval(run)
-            self.echo(f"    -> val bpb {final:.4f} ({seconds:.0f} s)" if final is not None else "    -> finished")
+            self.echo(f"    ->{who} val bpb {final:.4f} ({seconds:.0f} s)" if final is not None else f"    ->{who} finished")
         elif outcome.stopping or status == "KILLED":
             self.supervisor.stopping = True
-            self.echo("    -> stopped; run the same command again to resume it from its last checkpoint")
+            self.echo(f"    ->{who} stopped; run the same command again to resume it from its last checkpoint")
         else:
             why = run.meta.get("tags", {}).get("blagpt.error") if run.exists() else None
             self.state.failures[child.name] = why or reason(outcome.rc, outcome.err_tail)
-            self.echo(f"    -> FAILED: {self.state.failures[child.name]}")
+            self.echo(f"    ->{who} FAILED: {self.state.failures[child.name]}")
         self.state.save(self.seeds)
 
     def write_child_config(self, child: Child) -> Path:

@@ -14,6 +14,7 @@ import ctypes
 import os
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,21 +35,29 @@ class Supervisor:
     def __init__(self, logs: Path, launcher: list[str], echo: Callable[[str], None]) -> None:
         self.logs, self.launcher, self.echo = logs, launcher, echo
         self.stopping = False
+        self.procs: set[subprocess.Popen] = set()  # running children (several under --parallel)
 
-    def run(self, name: str, args: list[str]) -> Outcome:
-        """Run ``blagpt ARGS`` to its end, echoing its evaluation lines."""
+    def run(self, name: str, args: list[str], env: dict[str, str] | None = None, cpus: set[int] | None = None,
+            prefix: str = "") -> Outcome:
+        """Run ``blagpt ARGS`` to its end, echoing its evaluation lines (after ``prefix``). ``env``:
+        extra environment (a GPU, a thread count); ``cpus``: the cores it may run on. Outside the
+        main thread (``--parallel``) the caller's main thread forwards signals (:meth:`stop_all`)."""
         self.logs.mkdir(parents=True, exist_ok=True)
         cmd = [*self.launcher, "-m", "blagpt", *args, "--no-progress"]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         out_path, err_path = self.logs / f"{name}.out", self.logs / f"{name}.err"
         with open(out_path, "a") as out, open(err_path, "a") as err, open(out_path) as follow:
             follow.seek(0, os.SEEK_END)
             err_start = err.tell()
-            proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, start_new_session=True, preexec_fn=_die_with_parent)
-            old = {s: signal.signal(s, lambda signum, frame: self._forward(proc, signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+            proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, start_new_session=True,
+                                    preexec_fn=lambda: _die_with_parent(cpus))
+            self.procs.add(proc)
+            main = threading.current_thread() is threading.main_thread()
+            old = {s: signal.signal(s, lambda signum, frame: self.stop_all()) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
             try:
-                rc = self._follow(proc, follow)
+                rc = self._follow(proc, follow, prefix)
             finally:
+                self.procs.discard(proc)
                 for s, h in old.items():
                     signal.signal(s, h)
         with open(err_path) as f:
@@ -56,21 +65,24 @@ class Supervisor:
             tail = f.read()[-4000:].splitlines()
         return Outcome(rc, tail, self.stopping)
 
-    def _forward(self, proc: subprocess.Popen, signum: int) -> None:
+    def stop_all(self) -> None:
+        """A stop request (Ctrl-C, SIGTERM): SIGINT to every running child; the first makes each
+        checkpoint at the end of its step, a second stops them at once."""
         first = not self.stopping
         self.stopping = True
-        proc.send_signal(signal.SIGINT)
+        for proc in list(self.procs):
+            proc.send_signal(signal.SIGINT)
         if first:
             self.echo("    stopping: the running run checkpoints at the end of its step (Ctrl-C again to stop it at once)")
 
-    def _follow(self, proc: subprocess.Popen, follow) -> int:
+    def _follow(self, proc: subprocess.Popen, follow, prefix: str = "") -> int:
         pending = ""
         while True:
             rc = proc.poll()
             *lines, pending = (pending + follow.read()).split("\n")
             for line in lines:
                 if line.startswith("eval step"):
-                    self.echo("    " + line.rstrip())
+                    self.echo("    " + prefix + line.rstrip())
             if rc is not None:
                 return rc
             time.sleep(0.2)
@@ -89,10 +101,13 @@ def reason(rc: int, err_tail: list[str]) -> str:
     return lines[-1][:300] if lines else f"exit code {rc}"
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(cpus: set[int] | None = None) -> None:
     """In the child, before exec: get SIGTERM when the bench process dies (Linux), so a killed
-    bench does not leave its run training unseen; SIGTERM makes the run checkpoint and stop."""
+    bench does not leave its run training unseen; SIGTERM makes the run checkpoint and stop.
+    ``cpus``: pin the child (and what it starts) to these cores."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+    if cpus and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cpus)

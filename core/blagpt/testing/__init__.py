@@ -28,7 +28,13 @@ from . import model_checks, optimizer_checks
 from .config_checks import check_config_rejects_bad_values, check_config_yaml_round_trip, check_entry_point
 from .model_checks import check_builds_on_cpu, check_causal, check_gradients_reach_every_parameter, check_loss_at_init
 from .optimizer_checks import check_param_groups
-from .run_checks import check_checkpoint_resume, check_ddp_matches_single_process, check_loss_falls, check_reports_bpb
+from .run_checks import (
+    check_checkpoint_resume,
+    check_ddp_matches_single_process,
+    check_fsdp_matches_single_process,
+    check_loss_falls,
+    check_reports_bpb,
+)
 from .targets import ModelTarget, OptimizerTarget, validate_expected_failures
 from .tokenizer_checks import TokenizerTarget, check_byte_counts, check_prepare_is_exact, check_round_trip, check_tokenizer_loads
 
@@ -45,6 +51,7 @@ MODEL_CHECKS: dict[str, Check] = {
     "state_dict_round_trip": model_checks.check_state_dict_round_trip,
     "checkpoint_resume": check_checkpoint_resume,
     "ddp_matches_single_process": check_ddp_matches_single_process,
+    "fsdp_matches_single_process": check_fsdp_matches_single_process,
     "reports_bpb": check_reports_bpb,
     "loss_falls": check_loss_falls,
     "compile": model_checks.check_compile,
@@ -59,6 +66,7 @@ OPTIMIZER_CHECKS: dict[str, Check] = {
     "state_dict_round_trip": optimizer_checks.check_state_dict_round_trip,
     "checkpoint_resume": check_checkpoint_resume,
     "ddp_matches_single_process": check_ddp_matches_single_process,
+    "fsdp_matches_single_process": check_fsdp_matches_single_process,
     "compile": optimizer_checks.check_compile,
 }
 

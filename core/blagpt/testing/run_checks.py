@@ -6,8 +6,9 @@ removed at exit. Two kinds of run are shared between the checks of one target wi
 
 * ``short``: ``SHORT_STEPS`` steps, a global batch of two micro-batches (gradient accumulation 2
   in one process), every step's loss logged, one evaluation at the end. ``checkpoint_resume``
-  compares it with the same run stopped and resumed, ``ddp_matches_single_process`` with the
-  same config under ``torchrun`` on 2 gloo ranks, ``reports_bpb`` reads its evaluation.
+  compares it with the same run stopped and resumed, ``ddp_matches_single_process`` and
+  ``fsdp_matches_single_process`` with the same config under ``torchrun`` on 2 gloo ranks (one
+  launch trains both), ``reports_bpb`` reads its evaluation.
 * ``long``: ``LONG_STEPS`` steps for ``loss_falls``.
 
 Targets must be deterministic (dropout and other training-time randomness off): with it, the
@@ -38,6 +39,7 @@ DDP_RTOL = 1e-4
 DDP_TIMEOUT_S = 600
 
 _RUNS: dict[tuple[str, str], Any] = {}
+_DISTRIBUTED: dict[str, dict[str, Any]] = {}
 _WORKDIR: list[Path] = []
 
 
@@ -122,19 +124,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def check_ddp_matches_single_process(target) -> None:
-    """The ``short`` run under ``torchrun`` with 2 gloo ranks (one micro-batch each) gives the
-    train losses of one process with the same global batch (gradient accumulation 2), within
-    relative 1e-4 at every step. Targets must be deterministic (no dropout)."""
-    single = shared_run(target, "short")
-    r = resolved_run(target, "short")
-    folder = workdir() / f"ddp-{uuid.uuid4().hex[:10]}"
+def distributed_runs(target) -> dict[str, Any]:
+    """The ``short`` run of ``target`` under ``torchrun`` with 2 gloo ranks, once as ``ddp`` and
+    once as ``fsdp`` (FSDP2; a model target with activation checkpointing of its blocks), trained
+    one after the other in one launch, once per process: ``{"ddp": result, "fsdp": result}``, each
+    the worker's JSON (``history``, ``final``, ``run_dir``, or ``error``)."""
+    if target.key in _DISTRIBUTED:
+        return _DISTRIBUTED[target.key]
+    folder = workdir() / f"dist-{uuid.uuid4().hex[:10]}"
     folder.mkdir()
-    config, result = folder / "config.yaml", folder / "result.json"
-    config.write_text(r.cfg.to_yaml())
+    pairs, files = [], {}
+    for mode in ("ddp", "fsdp"):
+        r = resolved_run(target, "short")
+        r.cfg.train.parallel = mode
+        if mode == "fsdp" and target.kind == "model":
+            r.cfg.train.activation_checkpointing = "blocks"
+        config, result = folder / f"{mode}.yaml", folder / f"{mode}.json"
+        config.write_text(r.cfg.to_yaml())
+        pairs += [str(config), str(result)]
+        files[mode] = result
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-           "-m", "blagpt.testing.ddp_worker", str(config), str(result)]
+           "-m", "blagpt.testing.ddp_worker", *pairs]
     if target.kind == "optimizer":
         cmd.append("--probe")
     env = {
@@ -145,17 +156,55 @@ def check_ddp_matches_single_process(target) -> None:
         "PYTHONPATH": os.pathsep.join(p for p in sys.path if p and os.path.isdir(p)),
     }
     proc = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=DDP_TIMEOUT_S)
-    assert proc.returncode == 0 and result.is_file(), (
-        f"torchrun with 2 gloo ranks failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
-    )
-    ddp = train_losses(json.loads(result.read_text())["history"])
-    one = train_losses(single.history)
-    assert sorted(ddp) == sorted(one), f"DDP logged steps {sorted(ddp)}, one process {sorted(one)}"
-    diff = [f"step {s}: {ddp[s]:.6f} vs {one[s]:.6f}" for s in sorted(one)
-            if not math.isclose(ddp[s], one[s], rel_tol=DDP_RTOL, abs_tol=1e-6)]
+    failed = (f"torchrun with 2 gloo ranks failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    _DISTRIBUTED[target.key] = {mode: json.loads(f.read_text()) if f.is_file() else {"error": failed} for mode, f in files.items()}
+    return _DISTRIBUTED[target.key]
+
+
+def _compare_with_one_process(target, mode: str, what: str) -> dict[str, Any]:
+    single = shared_run(target, "short")
+    got = distributed_runs(target)[mode]
+    assert "error" not in got, f"{what} on 2 gloo ranks failed: {got['error']}"
+    ranks, one = train_losses(got["history"]), train_losses(single.history)
+    assert sorted(ranks) == sorted(one), f"{what} logged steps {sorted(ranks)}, one process {sorted(one)}"
+    diff = [f"step {s}: {ranks[s]:.6f} vs {one[s]:.6f}" for s in sorted(one)
+            if not math.isclose(ranks[s], one[s], rel_tol=DDP_RTOL, abs_tol=1e-6)]
     assert not diff, (
-        "2 gloo ranks and one process with the same global batch disagree (DDP vs one process): " + "; ".join(diff)
+        f"2 gloo ranks and one process with the same global batch disagree ({what} vs one process): " + "; ".join(diff)
         + ". Targets must be deterministic: turn dropout and other training-time randomness off"
+    )
+    return got
+
+
+def check_ddp_matches_single_process(target) -> None:
+    """The ``short`` run under ``torchrun`` with 2 gloo ranks (one micro-batch each) gives the
+    train losses of one process with the same global batch (gradient accumulation 2), within
+    relative 1e-4 at every step. Targets must be deterministic (no dropout)."""
+    _compare_with_one_process(target, "ddp", "DDP")
+
+
+def check_fsdp_matches_single_process(target) -> None:
+    """The ``short`` run with ``train.parallel: fsdp`` (FSDP2 over the model's blocks, with
+    ``train.activation_checkpointing: blocks`` for a model target) under ``torchrun`` with 2 gloo
+    ranks gives the train losses and the final val loss of one process within relative 1e-4; its
+    sharded checkpoint reads back in one process as the model's full ``state_dict`` (same names,
+    shapes and dtypes). A model names its blocks with ``parallel_blocks()`` or holds them in an
+    ``nn.ModuleList``; the optimizer must step parameters that are DTensor shards."""
+    from ..run import checkpoint as ckpt
+    from ..run.rundir import RunDir
+
+    got = _compare_with_one_process(target, "fsdp", "FSDP")
+    single = shared_run(target, "short")
+    a, b = got["final"]["val/loss"], single.final["val/loss"]
+    assert math.isclose(a, b, rel_tol=DDP_RTOL), f"FSDP's final val loss {a!r}, one process {b!r}"
+    state = RunDir(got["run_dir"]).load_checkpoint()
+    assert "shards" in state, "the fsdp run's checkpoint is not sharded"
+    sharded = ckpt.model_weights(state)
+    full = RunDir(single.run_dir).load_checkpoint()["model"]
+    shapes = lambda sd: {k: (tuple(v.shape), v.dtype) for k, v in sd.items()}  # noqa: E731
+    assert shapes(sharded) == shapes(full), (
+        f"the sharded checkpoint's model state differs from the model's state_dict: "
+        f"{sorted(set(shapes(sharded).items()) ^ set(shapes(full).items()))[:6]}"
     )
 
 

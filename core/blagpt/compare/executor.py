@@ -17,7 +17,10 @@ the same way.
 - :class:`RayExecutor`: ``--executor ray [--address ADDR]``: each run is a Ray task that starts the
   run's process on whichever node Ray picks (``num_gpus`` = the launcher's processes per node on a
   CUDA cluster). The bench folder (``train.out_dir``) must be on a filesystem every node sees.
-  Ctrl-C cancels the tasks, which stop their runs with a checkpoint; the same command resumes.
+  Ctrl-C reaches the tasks through a file in the bench's log folder (``.stop``, a line per Ctrl-C):
+  each running run stops as under a local Ctrl-C (a checkpoint after its step; a second stops it at
+  once), a task not started yet does not start; the bench waits for them, and the same command
+  resumes.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from typing import Any, Callable
 
 from ..errors import BlagptError
 from .supervisor import Outcome, Supervisor
+
+STOP_FILE = ".stop"  # in the bench's log folder: a line per stop request, read by the Ray tasks
 
 
 @dataclass
@@ -149,16 +154,25 @@ class RayExecutor:
     def run(self, jobs: list[Job], supervisor: Supervisor) -> None:
         ray = self.ray
         task = ray.remote(_ray_run).options(num_gpus=self.num_gpus, num_cpus=self.num_cpus, max_retries=0)
+        logs = supervisor.logs.absolute()
+        logs.mkdir(parents=True, exist_ok=True)
+        stop = logs / STOP_FILE
+        stop.unlink(missing_ok=True)  # a stop of an earlier attempt
+
+        def ask_stop() -> None:
+            with open(stop, "a") as f:
+                f.write("stop\n")
+
         refs: dict[Any, Job] = {}
         started: dict[Any, float] = {}
-        with _forward_signals(supervisor, also=lambda: [ray.cancel(r) for r in refs]):
+        with _forward_signals(supervisor, also=ask_stop):
             for job in jobs:
                 if supervisor.stopping:
                     break
                 args = job.start()
                 if args is None:
                     continue
-                ref = task.remote(str(supervisor.logs), supervisor.launcher, job.name, args, _forwarded_env())
+                ref = task.remote(os.getcwd(), str(logs), supervisor.launcher, job.name, args, _forwarded_env())
                 refs[ref], started[ref] = job, time.monotonic()
             while refs:
                 ready, _ = ray.wait(list(refs), num_returns=1, timeout=0.2)
@@ -167,8 +181,6 @@ class RayExecutor:
                     try:
                         rc, tail, stopped = ray.get(ref)
                         outcome = Outcome(rc, tail, stopped or supervisor.stopping)
-                    except ray.exceptions.TaskCancelledError:
-                        outcome = Outcome(-2, ["error: the Ray task was cancelled before it started"], True)
                     except ray.exceptions.RayError as e:
                         outcome = Outcome(1, [f"error: the Ray task failed: {' '.join(str(e).split())[:300]}"], supervisor.stopping)
                     job.done(outcome, time.monotonic() - started.pop(ref))
@@ -178,22 +190,32 @@ class RayExecutor:
             self.ray.shutdown()
 
 
-def _ray_run(logs: str, launcher: list[str], name: str, args: list[str], env: dict[str, str]) -> tuple[int, list[str], bool]:
-    """A Ray task: the run's ``blagpt`` process on this node, to its end. Cancelling the task
+def _ray_run(cwd: str, logs: str, launcher: list[str], name: str, args: list[str], env: dict[str, str]) -> tuple[int, list[str], bool]:
+    """A Ray task: the run's ``blagpt`` process on this node, to its end, in the bench's working
+    directory ``cwd`` (the same path on every node: a shared filesystem). Cancelling the task
     (KeyboardInterrupt here) stops the run as Ctrl-C does: a checkpoint at the end of its step."""
     from pathlib import Path
 
     from .supervisor import Supervisor
 
+    os.chdir(cwd)  # the run's relative paths (bench folder, config) are the bench's
+    stop = Path(logs) / STOP_FILE
+    if stop.exists():  # the bench was stopped before this task started
+        return -2, ["error: the bench was stopped before this run started"], True
     sup = Supervisor(Path(logs), launcher, echo=lambda line: None)
     result: dict[str, Outcome] = {}
     thread = threading.Thread(target=lambda: result.setdefault("o", sup.run(name, args, env=env)), daemon=True)
     thread.start()
+    seen = 0
     while thread.is_alive():
         try:
             thread.join(0.2)
-        except KeyboardInterrupt:
+            asked = len(stop.read_text().splitlines()) if stop.exists() else 0
+        except KeyboardInterrupt:  # ray.cancel
+            asked = seen + 1
+        if asked > seen and sup.procs:  # each stop request once, to the running process
             sup.stop_all()
+            seen += 1
     o = result.get("o") or Outcome(1, ["error: the run's supervisor ended without an outcome"], sup.stopping)
     return o.rc, o.err_tail, o.stopping
 

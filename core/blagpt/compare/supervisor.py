@@ -111,3 +111,7 @@ def _die_with_parent(cpus: set[int] | None = None) -> None:
         pass
     if cpus and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cpus)
+    # a child started from a thread that blocks signals (a Ray worker's) would inherit the mask
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -100,7 +100,8 @@ class TinyLM(nn.Module):
         done = Path(self.cfg.hold_file)
         if done.exists():
             return
-        Path(f"{done}.waiting").write_text(str(os.getpid()))
+        with open(f"{done}.waiting", "a") as f:  # one line per process held (runs held at once each add theirs)
+            f.write(f"{os.getpid()}\n")
         while not done.exists():  # signals (Ctrl-C, SIGTERM) are handled while it waits
             time.sleep(0.05)
 

@@ -87,7 +87,10 @@ class Dist:
         return result
 
 
-def setup_distributed(device_pref: str) -> Dist:
+def setup_distributed(device_pref: str, group_of_one: bool = False) -> Dist:
+    """This process's rank and device; the process group under ``torchrun`` with several ranks,
+    or with one when ``group_of_one`` (fsdp: FSDP2 then shards over that one rank, with its
+    mixed-precision policy, as it would over many)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -102,7 +105,7 @@ def setup_distributed(device_pref: str) -> Dist:
         device = torch.device("cpu")
     else:
         raise ConfigError(f"train.device: expected auto, cpu, cuda or cuda:N, got {device_pref!r}")
-    if world > 1 and not dist.is_initialized():
+    if (world > 1 or (group_of_one and "WORLD_SIZE" in os.environ)) and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return Dist(rank=rank, world=world, local_rank=local, device=device)
 

@@ -6,8 +6,9 @@ gradients and optimizer state over the ranks with PyTorch's FSDP2 (``fully_shard
 model's repeated blocks is one unit of all-gather / reduce-scatter, the rest (embeddings, final norm,
 head) one more unit at the root. On CUDA the units compute in bf16 and reduce gradients in bf16
 while the optimizer keeps fp32 master weights (``MixedPrecisionPolicy``); on the CPU everything is
-fp32. In one process fsdp has nothing to shard: the model trains as is, but checkpoints are written
-in the sharded format, so a run can move between 1 and N ranks.
+fp32. A plain process (no ``torchrun``) under fsdp has nothing to shard: the model trains as is,
+but checkpoints are written in the sharded format, so a run can move between 1 and N ranks; under
+``torchrun`` with one rank FSDP2 still wraps the model (its bf16 policy applies).
 
 ``train.activation_checkpointing: blocks`` recomputes each block's activations in the backward pass
 instead of keeping them (``torch.utils.checkpoint``, non-reentrant), under ddp and fsdp alike.

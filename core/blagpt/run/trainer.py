@@ -95,7 +95,7 @@ class Trainer:
 
     def train(self) -> TrainResult:
         """Build, restore, then step until the budget is spent or a stop is asked for."""
-        self.dist = setup_distributed(self.cfg.train.device)
+        self.dist = setup_distributed(self.cfg.train.device, group_of_one=self.cfg.train.parallel == "fsdp")
         with self.owned_run():
             self.build_data()
             self.build_model_and_optimizer()
@@ -260,7 +260,7 @@ class Trainer:
         """Activation checkpointing of the blocks, and FSDP2 sharding over several ranks: both before
         the optimizer is built (sharding replaces the parameters with DTensors)."""
         t, d = self.cfg.train, self.dist
-        shard = t.parallel == "fsdp" and d.world > 1
+        shard = t.parallel == "fsdp" and (d.world > 1 or torch.distributed.is_initialized())  # torchrun: even 1 rank
         if not shard and t.activation_checkpointing == "none":
             return
         blocks = parallel.find_blocks(self.model)

@@ -249,6 +249,7 @@ COLUMNS = (
 )
 # the terminal's table: what fits 100 columns (the files hold every column)
 TERMINAL_COLUMNS = ("entry", "params w/o emb.", "val bpb", "95% CI", "p (Holm)", "tokens/s", "seeds", "status")
+TERMINAL_HEADERS = {"params w/o emb.": "params"}
 
 
 def _p(p: float | None, few: bool) -> str:
@@ -291,7 +292,7 @@ def terminal_table(entries: list[EntryStats], width: int = 100) -> str:
     and statuses are shortened (leaderboard.md and .csv keep them whole)."""
     idx = [COLUMNS.index(c) for c in TERMINAL_COLUMNS]
     rows = [[r[i] for i in idx] for r in table_rows(entries)]
-    header = list(TERMINAL_COLUMNS)
+    header = [TERMINAL_HEADERS.get(c, c) for c in TERMINAL_COLUMNS]
     def natural(i: int) -> int:
         return max(len(r[i]) for r in [header, *rows])
 
@@ -302,6 +303,7 @@ def terminal_table(entries: list[EntryStats], width: int = 100) -> str:
     for r in rows:
         r[0], r[-1] = _shorten(r[0], entry_w), _shorten(r[-1], status_w)
     lines = text_table(header, rows).splitlines()
+    lines.append("params: without embeddings" + ("; * p from fewer than 3 seeds on a side" if any(e.few_seeds for e in entries) else ""))
     return "\n".join(ln[:width] for ln in lines)
 
 

@@ -29,7 +29,7 @@ from blagpt.run.rundir import RunDir
 from blagpt.run.sample import load_run
 from blagpt.run.trainer import train
 
-from conftest import TINY, run_cli
+from conftest import TINY
 
 TASKS = Path(__file__).parent / "lm_eval_tasks"
 L = 32  # the runs' train.seq_len (TINY): shorter than several of the tasks' texts
@@ -100,13 +100,18 @@ def hand_loss_bpb(run, pattern, n_tokens):
 
 
 def test_eval_cli_scores_other_data_and_records_it_in_the_run_and_mlflow(root, runs, offline):
-    """One CLI call: --data (compared with a hand computation) and --tasks (the table, the metrics),
-    recorded in the run folder and its MLflow run."""
+    """One eval command: --data (compared with a hand computation) and --tasks (the table, the
+    metrics), recorded in the run folder and its MLflow run."""
+    from mlflow.tracking import MlflowClient
+
     run_dir = runs["bytes"].run_dir
     pattern = f"{root}/other-bytes/val_*.bin"
-    proc = run_cli(["eval", "--run", "bytes", "--out-dir", str(root / "runs"), "--data", pattern, "--eval-tokens", "1000",
-                    "--tasks", "blagpt_tiny_choice,blagpt_tiny_rolling", "--include-path", str(TASKS), "--limit", "3",
-                    "--bootstrap-iters", "0", "--device", "cpu"], env=offline, check=0)
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    before = client.get_run(RunDir(run_dir).meta["mlflow_run_id"]).info
+    proc = CliRunner().invoke(cli, ["eval", "--run", "bytes", "--out-dir", str(root / "runs"), "--data", pattern, "--eval-tokens", "1000",
+                                    "--tasks", "blagpt_tiny_choice,blagpt_tiny_rolling", "--include-path", str(TASKS), "--limit", "3",
+                                    "--bootstrap-iters", "0", "--device", "cpu"])
+    assert proc.exit_code == 0, proc.output
     loss, bpb, n_bytes = hand_loss_bpb(runs["bytes"], pattern, 1000)
     meta = RunDir(run_dir).meta
     data_eval, task_eval = meta["evals"][-2:]
@@ -125,9 +130,7 @@ def test_eval_cli_scores_other_data_and_records_it_in_the_run_and_mlflow(root, r
 
     rows = [r for r in RunDir(run_dir).metrics.read() if r["key"].startswith(("eval/", "lm_eval/"))]
     assert {r["step"] for r in rows} == {6}
-    from mlflow.tracking import MlflowClient
-
-    logged = MlflowClient(f"sqlite:///{root}/mlflow.db").get_run(meta["mlflow_run_id"])
+    logged = client.get_run(meta["mlflow_run_id"])
     assert f"logged to MLflow run {meta['mlflow_run_id']}" in proc.stdout
     assert logged.data.metrics["eval/other-bytes/loss"] == pytest.approx(loss, rel=1e-5)
     assert logged.data.metrics["eval/other-bytes/bpb"] == pytest.approx(bpb, rel=1e-5)
@@ -135,6 +138,19 @@ def test_eval_cli_scores_other_data_and_records_it_in_the_run_and_mlflow(root, r
     inputs = {(d.dataset.name, d.dataset.digest, d.tags[0].value) for d in logged.inputs.dataset_inputs}
     assert ("other-bytes/evaluation", digest[:32], "evaluation") in inputs
     assert logged.data.params["model.name"] == "tinylm"  # the run's own record is intact
+    assert (logged.info.status, logged.info.start_time, logged.info.end_time) == ("FINISHED", before.start_time, before.end_time)
+    assert RunDir(run_dir).meta["synced_all"] is True
+
+
+def test_eval_of_an_untracked_run_stays_in_its_folder(root, runs):
+    run_dir = runs["gpt2"].run_dir
+    res = CliRunner().invoke(cli, ["eval", "--run", "gpt2", "--out-dir", str(root / "runs"), "--device", "cpu",
+                                                   "--data", f"{root}/other-gpt2/val_*.bin", "--eval-bytes", "800", "--name", "other"])
+    assert res.exit_code == 0, res.output
+    assert "has no MLflow run (trained without tracking)" in res.stderr and f"blagpt runs sync {run_dir}" in res.stderr
+    meta = RunDir(run_dir).meta
+    assert meta["evals"][-1]["name"] == "other" and meta["evals"][-1]["bytes"] <= 800 and "mlflow_run_id" not in meta
+    assert {r["key"] for r in RunDir(run_dir).metrics.read() if r["key"].startswith("eval/")} == {"eval/other/loss", "eval/other/bpb"}
 
 
 def test_eval_refuses_data_of_another_tokenizer_in_one_line(root, runs, reg):
@@ -173,6 +189,9 @@ def test_eval_cli_errors(root, runs):
 def test_tasks_without_lm_eval_installed_is_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # import lm_eval fails as when it is not installed
     monkeypatch.delitem(sys.modules, "blagpt.run.harness", raising=False)
+    import blagpt.run
+
+    monkeypatch.delattr(blagpt.run, "harness", raising=False)
     res = CliRunner().invoke(cli, ["eval", "--run", "any", "--tasks", "hellaswag"])
     assert isinstance(res.exception, ConfigError)
     assert "pip install 'blagpt[lm-eval]'" in str(res.exception) and "\n" not in str(res.exception)

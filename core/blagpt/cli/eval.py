@@ -79,10 +79,10 @@ def eval_(run_ref, data, name, eval_tokens, eval_bytes, tasks, limit, num_fewsho
                      "lm_eval_version": harness.version(), "metrics": metrics, "at": utc_now()}
             record_eval(folder, run.step, metrics, entry)
             _results_table(results)
-    if not no_track:
-        run_id = sync_eval(folder, tracking_uri, timeout_s, say)
-        if run_id:
-            click.echo(f"logged to MLflow run {run_id}")
+        if not no_track:
+            run_id = sync_eval(folder, tracking_uri, timeout_s, say)
+            if run_id:
+                click.echo(f"logged to MLflow run {run_id}")
     click.echo(f"recorded in {run.run_dir}")
 
 

@@ -119,22 +119,43 @@ def record_eval(run: RunDir, step: int, metrics: dict[str, float], entry: dict[s
     run.update(**fields)
 
 
-def sync_eval(run: RunDir, uri: str | None, timeout_s: float, say: Callable[[str], None]) -> str | None:
-    """Mirror the run folder (with its new evaluation) to its MLflow run; returns the MLflow run id,
-    or None (a warning said why) when it was not reached. A run that never had an MLflow run gets
-    one only when ``uri`` is given."""
-    from .tracking import sync_run_dir
+def sync_eval(run: RunDir, uri: str | None, timeout_s: float | None, say: Callable[[str], None]) -> str | None:
+    """Mirror the run folder (with its new evaluations) to its MLflow run, holding ``run.lock``;
+    returns the MLflow run id, or None (a line said why) when MLflow was not reached.
+
+    Only what MLflow lacks is sent; the MLflow run's status and end time stay those of the
+    training. A run that never had an MLflow run gets one only when ``uri`` is given.
+    ``timeout_s``: default the run's ``tracking.timeout_s``."""
+    from .tracking import connect, ensure_run, one_line, upload
 
     run.refresh()
-    if not run.meta.get("mlflow_run_id") and uri is None:
+    meta = run.meta
+    if not meta.get("mlflow_run_id") and uri is None:
         say(f"note: {run.path} has no MLflow run (trained without tracking); the evaluation is kept in the folder; "
             f"upload it with: blagpt runs sync {run.path} --tracking-uri URI")
         return None
+    if timeout_s is None:
+        timeout_s = float(meta.get("params", {}).get("tracking.timeout_s", 10.0))
+    target = uri or meta.get("tracking_uri") or meta.get("requested_tracking_uri")
+    later = f"the evaluation is kept in {run.path}; upload it with: blagpt runs sync {run.path}"
     try:
-        return sync_run_dir(run.path, uri, timeout_s)
+        client = connect(target, timeout_s, what=f"eval {run.path}")
     except BlagptError as e:
-        say(f"warning: {e}; the evaluation is kept in {run.path}")
+        say(f"warning: {e}; {later}")
         return None
+    try:
+        if meta.get("mlflow_run_id") and not meta.get("mlflow_replace"):
+            run_id = meta["mlflow_run_id"]
+            upload(client, run)
+        else:  # no MLflow run yet, or one to replace (a resume found MLflow ahead): as runs sync does
+            run_id = ensure_run(client, run, meta.get("experiment", "blagpt"), meta.get("run_name", run.name))
+            upload(client, run)
+            client.set_terminated(run_id, status=meta.get("status", "FINISHED"))
+    except Exception as e:  # noqa: BLE001 - the server failed mid-way: what was sent is recorded
+        say(f"warning: MLflow at {client.tracking_uri} failed ({one_line(e)}); {later}")
+        return None
+    run.update(synced_all=True)
+    return run_id
 
 
 def utc_now() -> str:

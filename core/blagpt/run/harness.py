@@ -25,6 +25,7 @@ lm-eval is an optional extra (``pip install 'blagpt[lm-eval]'``), imported only 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from pathlib import Path
@@ -179,11 +180,10 @@ def run_tasks(lm: BlagptLM, tasks: list[str], num_fewshot: int | None = None, li
     """Evaluate ``lm`` on the harness's ``tasks`` (names or globs; ``include_path``: a folder of
     more task YAML files); returns the harness's results dict."""
     from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
 
     if include_path is not None and not Path(include_path).is_dir():
         raise ConfigError(f"--include-path: {include_path} is not a folder of lm-eval task YAML files")
-    manager = TaskManager(include_path=include_path)
+    manager = task_manager(str(Path(include_path).resolve()) if include_path is not None else None)
     names: list[str] = []
     for t in tasks:
         found = manager.match_tasks([t])
@@ -193,6 +193,15 @@ def run_tasks(lm: BlagptLM, tasks: list[str], num_fewshot: int | None = None, li
     return simple_evaluate(model=lm, tasks=names, num_fewshot=num_fewshot, limit=limit, task_manager=manager,
                            bootstrap_iters=bootstrap_iters, log_samples=log_samples, random_seed=seed,
                            numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
+
+
+@functools.lru_cache(maxsize=4)
+def task_manager(include_path: str | None):
+    """The harness's index of its tasks (and those under ``include_path``): built once per process
+    (it reads every task YAML the harness ships, seconds)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=include_path)
 
 
 def task_metrics(results: dict[str, Any]) -> dict[str, float]:

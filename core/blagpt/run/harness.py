@@ -87,10 +87,12 @@ class BlagptLM(TemplateLM):
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         """``requests``: (key, context ids, continuation ids) as ``TemplateLM.loglikelihood`` makes them."""
-        return self.score([(ctx, cont) for _, ctx, cont in requests])
+        return self.score([(ctx, cont) for _, ctx, cont in requests], "loglikelihood", disable_tqdm)
 
-    def score(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+    def score(self, pairs: list[tuple[list[int], list[int]]], what: str = "loglikelihood", quiet: bool = True) -> list[tuple[float, bool]]:
         """(log-likelihood of ``cont`` after ``ctx``, whether greedy decoding gives ``cont``) of each pair."""
+        from tqdm import tqdm
+
         L, V = self.max_length, self.tok.vocab_size
         windows = []
         for ctx, cont in pairs:
@@ -106,6 +108,7 @@ class BlagptLM(TemplateLM):
         out: list[tuple[float, bool] | None] = [None] * len(windows)
         autocast = torch.autocast(self._device.type, dtype=torch.bfloat16, enabled=self.run.autocast_bf16)
         self.model.eval()
+        bar = tqdm(total=len(windows), desc=what, unit="seq", disable=quiet or None, leave=False)  # None: only on a terminal
         for b in range(0, len(order), self._batch_size):
             idx = order[b : b + self._batch_size]
             width = len(windows[idx[0]][0])
@@ -125,6 +128,8 @@ class BlagptLM(TemplateLM):
                 if not math.isfinite(ll):
                     raise BlagptError("model returned non-finite log-probabilities")
                 out[i] = (ll, bool((logp[:, :V].argmax(-1) == target).all()))
+            bar.update(len(idx))
+        bar.close()
         return out  # type: ignore[return-value]
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
@@ -135,7 +140,7 @@ class BlagptLM(TemplateLM):
                 token_list=self.tok_encode(text), prefix_token=self.prefix_token_id, max_seq_len=self.max_length, context_len=1)]
             per_doc.append(len(windows))
             pairs += windows
-        scores = self.score(pairs)
+        scores = self.score(pairs, "loglikelihood_rolling", disable_tqdm)
         out, at = [], 0
         for n in per_doc:
             out.append(sum(ll for ll, _ in scores[at : at + n]))
@@ -145,11 +150,13 @@ class BlagptLM(TemplateLM):
     # -- generation --------------------------------------------------------------------------
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        from tqdm import tqdm
+
         from .sample import StreamDecoder, generate
 
         out = []
         gen = torch.Generator(device=self._device).manual_seed(self.seed)
-        for req in requests:
+        for req in tqdm(requests, desc="generate_until", disable=disable_tqdm or None, leave=False):
             context, kwargs = req.args
             kwargs = dict(kwargs or {})
             for k in set(kwargs) - GEN_KWARGS - self._ignored:

@@ -57,15 +57,17 @@ def root(tmp_path_factory, reg):
     ``bytes`` (tracked in a local MLflow store) and ``gpt2`` (untracked)."""
     root = tmp_path_factory.mktemp("eval")
     docs = embedded_documents()
-    for tok in ("bytes", "gpt2"):
-        prepare(docs[:1], tok, root / f"data-{tok}")
-        prepare(docs[5:6], tok, root / f"other-{tok}")
-    for tok, track in (("bytes", True), ("gpt2", False)):
-        sets = [*TINY, f"data.tokenizer={tok}", f"data.train={root}/data-{tok}/train_*.bin", f"data.val={root}/data-{tok}/val_*.bin",
-                "train.steps=6", "train.eval_interval=0", "optimizer.lr=3e-3", f"tracking.enabled={str(track).lower()}",
-                f"tracking.uri=sqlite:///{root}/mlflow.db", f"train.out_dir={root / 'runs'}", f"tracking.run_name={tok}"]
-        train(resolve(merge_sources(sets=sets), reg), registry=reg, echo=lambda *a: None)
-    return root
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)  # MLflow's artifacts (./mlruns beside a sqlite store) land here
+        for tok in ("bytes", "gpt2"):
+            prepare(docs[:1], tok, root / f"data-{tok}")
+            prepare(docs[5:6], tok, root / f"other-{tok}")
+        for tok, track in (("bytes", True), ("gpt2", False)):
+            sets = [*TINY, f"data.tokenizer={tok}", f"data.train={root}/data-{tok}/train_*.bin", f"data.val={root}/data-{tok}/val_*.bin",
+                    "train.steps=6", "train.eval_interval=0", "optimizer.lr=3e-3", f"tracking.enabled={str(track).lower()}",
+                    f"tracking.uri=sqlite:///{root}/mlflow.db", f"train.out_dir={root / 'runs'}", f"tracking.run_name={tok}"]
+            train(resolve(merge_sources(sets=sets), reg), registry=reg, echo=lambda *a: None)
+        yield root
 
 
 @pytest.fixture(scope="module")

@@ -104,6 +104,12 @@ class TrainConfig(_Section):
         "within this many UTF-8 bytes: the same text, and the same byte count, whatever the tokenizer "
         "(use it to compare byte and token models); replaces `eval_tokens`.",
     )
+    eval_on: Literal["val", "tune"] = Field(
+        default="val",
+        description="Which held-out slice the evaluations score: `val`, the validation slice (logged as `val/*`), or "
+        "`tune`, a slice of the same size at the end of the val split that never overlaps it (logged as `tune/*`): "
+        "hyperparameters chosen on `tune` are not selected on the reported number (`blagpt bench --tune`).",
+    )
     checkpoint_interval: int = Field(default=0, ge=0, description="Checkpoint every N steps; 0: only at the end.")
     log_interval: int = Field(default=10, gt=0, description="Log training metrics every N steps.")
     init_from: str | None = Field(

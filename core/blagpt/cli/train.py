@@ -59,7 +59,8 @@ def _summary(result, cfg) -> None:
     if result.interrupted:
         click.echo(f"stopped at step {result.step}; continue with: blagpt train --resume {result.run_name}")
     if f:
-        click.echo(f"final: val loss {f['val/loss']:.4f} nats/token | val bpb {f['val/bpb']:.4f} | step {result.step}")
+        p = cfg.train.eval_on
+        click.echo(f"final: {p} loss {f[f'{p}/loss']:.4f} nats/token | {p} bpb {f[f'{p}/bpb']:.4f} | step {result.step}")
     click.echo(f"run folder: {result.run_dir}")
     if result.mlflow_run_id:
         uri = RunDir(result.run_dir).meta.get("tracking_uri", "")

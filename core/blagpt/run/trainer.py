@@ -165,11 +165,14 @@ class Trainer:
             self.window = (self.window[0] + stats.seconds, self.window[1] + self.tokens_per_step, self.window[2] + 1)
         row: dict[str, float] = self.train_row(stats) if log_now else {}
         if evals:
-            self.say(f"eval step {done} | val loss {evals['val/loss']:.4f} nats/token | val bpb {evals['val/bpb']:.4f}")
+            p = self.cfg.train.eval_on
+            self.say(f"eval step {done} | {p} loss {evals[f'{p}/loss']:.4f} nats/token | {p} bpb {evals[f'{p}/bpb']:.4f}")
         row.update(evals)
         if not row:
             return
         row["train/tokens"] = float(done * self.tokens_per_step)
+        if self.flops_per_token:
+            row["train/flops"] = self.flops_per_token * row["train/tokens"]
         row["train/elapsed_s"] = self.elapsed
         self.result.history.append({"step": done, **row})
         if self.recorder is not None:
@@ -234,7 +237,7 @@ class Trainer:
             self.datasets.append(manifest.dataset_input(stream, found, context))
         self.layout = layout_for(cfg, d)
         self.loader = TrainLoader(train_stream, t.seq_len, self.layout, t.seed)
-        self.val = val_slice(val_stream, t.seq_len, d.rank, d.world, self.tokenizer, t.eval_tokens, t.eval_bytes)
+        self.val = val_slice(val_stream, t.seq_len, d.rank, d.world, self.tokenizer, t.eval_tokens, t.eval_bytes, t.eval_on)
         self.tokens_per_step = self.layout.global_batch * t.seq_len
 
     def build_model_and_optimizer(self) -> None:
@@ -251,6 +254,7 @@ class Trainer:
         self.optimizer = self.registry.build_optimizer(self.model, self.cfg.optimizer, replace(ctx, total_steps=self.budget.steps))
         self.peak_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.n_params = sum(p.numel() for p in self.model.parameters())
+        self.n_params_non_embedding = self.n_params - embedding_params(self.model, self.tokenizer.vocab_size)
 
     def restore(self) -> None:
         """Resume from the checkpoint (every rank its own RNG state), or start at step 0."""
@@ -279,7 +283,7 @@ class Trainer:
                 self.refuse_spent_budget()
             # killed after its last checkpoint, before it could say so: nothing left but to finish
             self.result.final = {r["key"]: r["value"] for r in self.run.metrics.read()
-                                 if r["step"] == self.step and r["key"].startswith("val/")}
+                                 if r["step"] == self.step and r["key"].startswith(f"{t.eval_on}/")}
 
     def refuse_spent_budget(self) -> None:
         t = self.cfg.train
@@ -311,7 +315,7 @@ class Trainer:
         self.bf16 = t.precision == "bf16" or (t.precision == "auto" and d.device.type == "cuda")
         self.autocast = torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=self.bf16)
         self.evaluator = Evaluator(self.val, self.tokenizer.token_bytes, self.layout.micro_batch, t.seq_len, d,
-                                   self.autocast, self.registry.compute_loss, self.cfg.model)
+                                   self.autocast, self.registry.compute_loss, self.cfg.model, prefix=t.eval_on)
         self.finite = FiniteWatch(d)
         self.window = (0.0, 0, 0)  # seconds, tokens, steps since the last logged throughput
         self.peak_flops = device_peak_flops(d.device)
@@ -321,7 +325,7 @@ class Trainer:
         its MLflow mirror; then the one line that says what is trained."""
         cfg, t, d = self.cfg, self.cfg.train, self.dist
         if self.recorder is not None:
-            params = {**cfg.flat(), "n_params": self.n_params, "world_size": d.world, "grad_accum": self.layout.accum,
+            params = {**cfg.flat(), "n_params": self.n_params, "n_params_non_embedding": self.n_params_non_embedding, "world_size": d.world, "grad_accum": self.layout.accum,
                       "total_steps": self.budget.steps if self.budget.steps is not None else "time budget",
                       "tokenizer": self.tok_name, "tokens_per_step": self.tokens_per_step,
                       "flops_per_token": self.flops_per_token if self.flops_per_token is not None else "not reported"}
@@ -398,6 +402,22 @@ def train(cfg: RunConfig, registry: Registry | None = None, resume: str | Resume
     """Train ``cfg`` (or continue the run ``resume``: a folder, run name or MLflow run id, or a
     :class:`~blagpt.run.resume.Resume`); returns what was logged and the final evaluation."""
     return Trainer(cfg, registry, resume, until_step, progress, echo, restart).train()
+
+
+def embedding_params(model: torch.nn.Module, vocab_size: int) -> int:
+    """Parameters that scale with the vocabulary or the context rather than the model's depth and
+    width: every ``nn.Embedding`` (token and position tables) and every ``nn.Linear`` whose output
+    size is the row count of a token table (one with at least ``vocab_size`` rows: an untied output
+    head); shared tensors count once. The rest is the parameter count scaling laws use (Kaplan et
+    al. 2020, arXiv 2001.08361)."""
+    tables = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    rows = {m.num_embeddings for m in tables if m.num_embeddings >= vocab_size}
+    heads = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features in rows]
+    seen: dict[int, int] = {}
+    for m in (*tables, *heads):
+        for p in m.parameters(recurse=False):
+            seen[id(p)] = p.numel()
+    return sum(seen.values())
 
 
 def global_batch(cfg: RunConfig, world: int) -> int:

@@ -142,3 +142,25 @@ def test_the_tuning_slice_never_reads_the_validation_slice(tmp_path, eval_bytes)
                                       "train.eval_on=tune", "tracking.enabled=false", f"train.out_dir={tmp_path}/runs"]), reg)
     with pytest.raises(DataError, match="too short for a tuning slice"):
         blagpt.train(cfg, reg, progress=False, echo=lambda *_: None)
+
+
+def test_non_embedding_parameters_leave_out_tables_and_the_output_head_only():
+    import torch
+
+    from blagpt.run.trainer import embedding_params
+
+    class M(torch.nn.Module):
+        def __init__(self, tied):
+            super().__init__()
+            self.wte, self.wpe = torch.nn.Embedding(320, 16), torch.nn.Embedding(64, 16)
+            self.up, self.down = torch.nn.Linear(16, 320), torch.nn.Linear(320, 16)  # a hidden layer as wide as the vocabulary
+            self.head = torch.nn.Linear(16, 320, bias=False)
+            if tied:
+                self.head.weight = self.wte.weight
+
+        def forward(self, idx):
+            x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+            return self.head(x + self.down(torch.relu(self.up(x))))[..., :257]  # sliced to the real vocabulary
+
+    assert embedding_params(M(tied=False), 257) == 320 * 16 + 64 * 16 + 16 * 320
+    assert embedding_params(M(tied=True), 257) == 320 * 16 + 64 * 16

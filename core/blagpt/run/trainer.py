@@ -254,7 +254,7 @@ class Trainer:
         self.optimizer = self.registry.build_optimizer(self.model, self.cfg.optimizer, replace(ctx, total_steps=self.budget.steps))
         self.peak_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.n_params = sum(p.numel() for p in self.model.parameters())
-        self.n_params_non_embedding = self.n_params - embedding_params(self.model, self.tokenizer.vocab_size)
+        self.n_params_non_embedding = self.n_params - embedding_params(self.model, self.tokenizer.vocab_size, t.seq_len)
 
     def restore(self) -> None:
         """Resume from the checkpoint (every rank its own RNG state), or start at step 0."""
@@ -404,15 +404,31 @@ def train(cfg: RunConfig, registry: Registry | None = None, resume: str | Resume
     return Trainer(cfg, registry, resume, until_step, progress, echo, restart).train()
 
 
-def embedding_params(model: torch.nn.Module, vocab_size: int) -> int:
+def embedding_params(model: torch.nn.Module, vocab_size: int, seq_len: int = 8) -> int:
     """Parameters that scale with the vocabulary or the context rather than the model's depth and
-    width: every ``nn.Embedding`` (token and position tables) and every ``nn.Linear`` whose output
-    size is the row count of a token table (one with at least ``vocab_size`` rows: an untied output
-    head); shared tensors count once. The rest is the parameter count scaling laws use (Kaplan et
-    al. 2020, arXiv 2001.08361)."""
+    width: every ``nn.Embedding`` (token and position tables) and the output head, the
+    ``nn.Linear`` whose output the logits are (found by one forward pass of ``seq_len`` tokens:
+    its output shares storage with the returned logits, sliced or not); shared tensors count once.
+    The rest is the parameter count scaling laws use (Kaplan et al. 2020, arXiv 2001.08361)."""
     tables = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
-    rows = {m.num_embeddings for m in tables if m.num_embeddings >= vocab_size}
-    heads = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features in rows]
+    outputs: list[tuple[torch.nn.Module, torch.Tensor]] = []  # kept alive, so no storage is reused during the pass
+    hooks = [m.register_forward_hook(lambda mod, _i, out: outputs.append((mod, out)))
+             for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            device = next(model.parameters()).device
+            logits = model(torch.zeros(1, seq_len, dtype=torch.long, device=device))
+        ptr = logits.untyped_storage().data_ptr()
+        heads = [mod for mod, out in outputs if out.untyped_storage().data_ptr() == ptr and mod.out_features >= vocab_size]
+    except Exception:  # noqa: BLE001 - a model that cannot run this probe: tables only
+        heads = []
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+        outputs.clear()
     seen: dict[int, int] = {}
     for m in (*tables, *heads):
         for p in m.parameters(recurse=False):

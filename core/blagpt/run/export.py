@@ -140,8 +140,8 @@ def load_export(path: str | Path, device: str = "auto", registry: "Registry | No
     """
     from ..config import read_file, resolve
     from ..data.tokenizers import get_tokenizer
-    from ..errors import ConfigError, PluginError
-    from ..plugin.registry import get_registry
+    from ..errors import ConfigError
+    from ..plugin.registry import PluginError, get_registry
     from ..plugin.specs import BuildContext
     from .sample import LoadedRun, resolve_device
 

@@ -35,8 +35,8 @@ class LoadedRun:
         model: the rebuilt model with the checkpoint's weights, in eval mode, on ``device``.
         tokenizer: the tokenizer the run trained with.
         context: the longest input the model was trained on (``train.seq_len``).
-        run_dir: the run folder.
-        step: the optimizer step the checkpoint was written at.
+        run_dir: the run folder (the export folder for a model loaded from ``blagpt export``).
+        step: the optimizer step the checkpoint was written at (for an export: its source's).
         config: the run's resolved config.
         device: where the model lives.
         autocast_bf16: whether the run trained under bf16 autocast on this device type (sampling

@@ -101,7 +101,7 @@ def main() -> None:
         sys.exit(130)
 
 
-from . import compare, data, eval, info, plugins, runs, train  # noqa: E402,F401 - each registers its commands on `cli`
+from . import compare, data, eval, export, info, plugins, runs, train  # noqa: E402,F401 - each registers its commands on `cli`
 
 if __name__ == "__main__":
     main()

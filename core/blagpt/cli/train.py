@@ -70,7 +70,8 @@ def _summary(result, cfg) -> None:
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--run", "run_ref", required=True, metavar="RUN", help="The run: its folder, its name (under --out-dir or a bench folder in it), or its MLflow run id.")
+@click.option("--run", "run_ref", metavar="RUN", help="The run: its folder, its name (under --out-dir or a bench folder in it), or its MLflow run id.")
+@click.option("--weights", metavar="DIR", help="An export folder (blagpt export) instead of --run.")
 @click.option("--prompt", default="", help="Text to continue (default: start a new document after end-of-text).")
 @click.option("--tokens", default=256, show_default=True, type=int, help="Most tokens to generate (stops earlier at end-of-text).")
 @click.option("--temperature", default=0.8, show_default=True, type=float, help="Softmax temperature; 0 picks the most likely token (greedy).")
@@ -78,7 +79,8 @@ def _summary(result, cfg) -> None:
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the sampling generator (same seed, same text).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="Where to run the model.")
 @click.option("--out-dir", default="runs", show_default=True, help="Folder of run folders (train.out_dir of the run).")
-def sample(run_ref, prompt, tokens, temperature, top_k, seed, device, out_dir):
+@click.option("--no-cache", is_flag=True, help="Run the full forward for every token, not the model's decoding cache (for comparison).")
+def sample(run_ref, weights, prompt, tokens, temperature, top_k, seed, device, out_dir, no_cache):
     """Generate text from a run's checkpoint, printed as it is generated.
 
     \b
@@ -86,6 +88,7 @@ def sample(run_ref, prompt, tokens, temperature, top_k, seed, device, out_dir):
       blagpt sample --run blagpt-20261127-120000-000 --prompt "ROMEO:"
       blagpt sample --run runs/blagpt-20261127-120000-000 --tokens 500 --temperature 1 --top-k 50 --seed 3
       blagpt sample --run <MLflow run id> --temperature 0        # greedy
+      blagpt sample --weights exports/blagpt-mini --prompt "ROMEO:" --no-cache
     """
     from ..errors import ConfigError
 
@@ -97,12 +100,13 @@ def sample(run_ref, prompt, tokens, temperature, top_k, seed, device, out_dir):
         raise ConfigError(f"--top-k: expected an integer >= 1, got {top_k}")
     import torch
 
-    from ..run.sample import encode_prompt, generate, load_run, stream_text
+    from ..run.sample import decoding_cache, encode_prompt, generate, load_model, stream_text
 
-    run = load_run(run_ref, out_dir, device)
+    run = load_model(run_ref, weights, out_dir, device)
     ids, cut = encode_prompt(prompt, run.tokenizer, run.context)
+    how = "full forward per token" if no_cache or decoding_cache(run.model) is None else "decoding cache"
     click.echo(
-        f"{run.run_dir.name}: model {run.config.model.name} at step {run.step}, {run.tokenizer.name} tokens, on {run.device.type}",
+        f"{run.run_dir.name}: model {run.config.model.name} at step {run.step}, {run.tokenizer.name} tokens, on {run.device.type}, {how}",
         err=True,
     )
     if cut:
@@ -111,7 +115,8 @@ def sample(run_ref, prompt, tokens, temperature, top_k, seed, device, out_dir):
     click.echo(prompt, nl=False)
     stream_text(
         generate(run.model, ids, tokens, context=run.context, vocab_size=run.tokenizer.vocab_size, eot=run.tokenizer.eot,
-                 temperature=temperature, top_k=top_k, generator=gen, device=run.device, autocast_bf16=run.autocast_bf16),
+                 temperature=temperature, top_k=top_k, generator=gen, device=run.device, autocast_bf16=run.autocast_bf16,
+                 use_cache=not no_cache),
         run.tokenizer,
         lambda text: click.echo(text, nl=False),
     )

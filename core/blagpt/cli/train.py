@@ -46,8 +46,8 @@ def train(model, optimizer, config_file, sets, resume, restart, until_step, trac
         from ..run.fetch import find_run
 
         out_dir = next((s.split("=", 1)[1] for s in sets if s.startswith("train.out_dir=")), "runs")
-        found = find_run(resume, out_dir, tracking_uri, option="--resume")  # an MLflow run id: fetched into out_dir
-        point = Resume.open(str(found.path), out_dir)
+        find_run(resume, out_dir, tracking_uri, option="--resume")  # an MLflow run id not here: fetched into out_dir
+        point = Resume.open(resume, out_dir)
         cfg = point.config(tuple(extra) + tuple(sets), get_registry())
     else:
         cfg = _resolve(model, optimizer, config_file, sets, extra)
@@ -114,7 +114,8 @@ def sample(run_ref, prompt, tokens, temperature, top_k, seed, device, out_dir, t
 
     from ..run.fetch import find_run
 
-    run = load_run(str(find_run(run_ref, out_dir, tracking_uri).path), out_dir, device)
+    find_run(run_ref, out_dir, tracking_uri)  # an MLflow run id not here: fetched into out_dir
+    run = load_run(run_ref, out_dir, device)
     ids, cut = encode_prompt(prompt, run.tokenizer, run.context)
     click.echo(
         f"{run.run_dir.name}: model {run.config.model.name} at step {run.step}, {run.tokenizer.name} tokens, on {run.device.type}",

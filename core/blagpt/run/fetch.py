@@ -82,12 +82,12 @@ def fetch_run(run_id: str, tracking_uri: str | None, out_dir: str | Path, timeou
         if not arts & set(FETCHED):
             raise BlagptError(f"{where}: MLflow run {rid} at {client.tracking_uri} has no {CHECKPOINT_FILE} or {CONFIG_FILE} "
                               "artifact (logged with tracking.log_checkpoints=false, or by an older blagpt)")
-        run = _folder_for(Path(out_dir), mrun.info.run_name or rid, rid)
+        run = _folder_for(Path(out_dir), mrun.info.run_name or rid, rid, where)
         remote_step = mrun.data.tags.get("blagpt.checkpoint_step")
         if (run.exists() and run.meta.get("fetched_from") and CHECKPOINT_FILE in arts and run.has_checkpoint
                 and remote_step is not None and str(run.meta.get("checkpoint_step")) == remote_step):
             return run  # fetched before, and MLflow has no newer checkpoint
-        run.create(option if option != "--run" else "--out-dir")
+        run.create({"--run": "--out-dir", "--resume": "train.out_dir"}.get(option, option))
         with run.lock:
             _download(client, rid, run, arts)
             _write_record(client, mrun, run, remote_step)
@@ -120,12 +120,12 @@ def _live_run(client, run_id: str, where: str):
         run_id = nxt
 
 
-def _folder_for(out_dir: Path, name: str, run_id: str) -> RunDir:
+def _folder_for(out_dir: Path, name: str, run_id: str, where: str) -> RunDir:
     for cand in (out_dir / name, out_dir / f"{name}-{run_id[:8]}"):
         run = RunDir(cand)
         if not cand.exists() or (run.exists() and run_id in run.mlflow_ids()):
             return run
-    raise BlagptError(f"--run {run_id}: {out_dir / name} and {cand} hold other runs; give another --out-dir")
+    raise BlagptError(f"{where}: {out_dir / name} and {cand} hold other runs; fetch it into another folder of runs")
 
 
 def _download(client, run_id: str, run: RunDir, arts: set[str]) -> None:

@@ -59,9 +59,11 @@ class Recorder:
     def start(self, step: int, resumed_from: int | None, budget, params: dict[str, Any], registry, datasets=(),
               tokenizer: str | None = None, budget_text: str | None = None) -> None:
         """The record of a run that starts training at ``step``, and its MLflow mirror. Params whose
-        value is None (an unset option) are left out."""
+        value is None (an unset option) are left out, and so is ``tracking.uri`` (where the record
+        goes, not what was trained: a run resumed on another machine may reach the same server
+        by another name, and a changed param would replace its MLflow run)."""
         cfg, run = self.cfg, self.run
-        params = {k: v for k, v in params.items() if v is not None}
+        params = {k: v for k, v in params.items() if v is not None and k != "tracking.uri"}
         run.config_file.write_text(cfg.to_yaml())
         kept = run.metrics.keep_until(step)
         mark_restart(run, kept, params)

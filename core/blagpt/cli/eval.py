@@ -23,7 +23,7 @@ from . import CONTEXT, _table, cli
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of few-shot sampling and of sampled generation.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="Where to run the model.")
 @click.option("--out-dir", default="runs", show_default=True, help="Folder of run folders (train.out_dir of the run).")
-@click.option("--tracking-uri", help="MLflow tracking URI (default: the run's own).")
+@click.option("--tracking-uri", help="MLflow tracking URI (default: the run's own); a run id not here is fetched from it.")
 @click.option("--no-track", is_flag=True, help="Record the evaluation in the run folder only, not in MLflow.")
 @click.option("--timeout-s", type=click.FloatRange(min=0, min_open=True), help="Give up on an MLflow server that does not answer within this many seconds (default: the run's tracking.timeout_s).")
 def eval_(run_ref, data, name, eval_tokens, eval_bytes, tasks, limit, num_fewshot, include_path, bootstrap_iters,
@@ -61,6 +61,9 @@ def eval_(run_ref, data, name, eval_tokens, eval_bytes, tasks, limit, num_fewsho
     if task_list:
         from ..run import harness  # before the model loads: a missing extra is one line at once
     registry = get_registry()
+    from ..run.fetch import find_run
+
+    find_run(run_ref, out_dir, tracking_uri)  # an MLflow run id not here: fetched into out_dir
     run = load_run(run_ref, out_dir, device, registry)
     folder = RunDir(run.run_dir)
     say = lambda msg: click.echo(msg, err=True)  # noqa: E731

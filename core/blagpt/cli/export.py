@@ -12,7 +12,8 @@ from . import CONTEXT, cli
 @click.option("--out", "out", required=True, metavar="DIR", help="The export folder to write (new or empty).")
 @click.option("--force", is_flag=True, help="Replace DIR even if it is not empty (only once the new export is complete).")
 @click.option("--out-dir", default="runs", show_default=True, help="Folder of run folders (train.out_dir of the run).")
-def export(run_ref, out, force, out_dir):
+@click.option("--tracking-uri", help="MLflow server to fetch a run from by its run id when it is not under --out-dir (default: $MLFLOW_TRACKING_URI).")
+def export(run_ref, out, force, out_dir, tracking_uri):
     """Export a run's checkpoint: model.safetensors (the weights), config.yaml (the resolved
     config) and export.json (model, plugin and version, tokenizer, context, source run and step).
 
@@ -27,6 +28,9 @@ def export(run_ref, out, force, out_dir):
       blagpt sample --weights exports/blagpt-mini --prompt "ROMEO:"
     """
     from ..run.export import WEIGHTS_FILE, export_run
+    from ..run.fetch import find_run
+
+    find_run(run_ref, out_dir, tracking_uri)  # an MLflow run id not here: fetched into out_dir
 
     path = export_run(run_ref, out, out_dir, force=force)
     size = (path / WEIGHTS_FILE).stat().st_size

@@ -58,6 +58,8 @@ class TrainResult:
     synced: bool = False
     interrupted: bool = False
     resumed_from: int | None = None
+    final_step: int | None = None  # the step ``final`` (the last evaluation) was made at
+    signalled: bool = False  # stopped by Ctrl-C / SIGTERM (not by ``until_step``)
 
 
 @dataclass
@@ -107,7 +109,7 @@ class Trainer:
                     stopping = self.should_stop(stop)
                     self.maybe_checkpoint(stats, force=stopping)
                     if stopping:
-                        self.result.interrupted = True
+                        self.result.interrupted, self.result.signalled = True, stop.set
                         break
         return self.result
 
@@ -152,7 +154,7 @@ class Trainer:
             return {}
         self.raise_if_diverged()
         ev = self.evaluator(self.eval_model)
-        self.result.final = ev
+        self.result.final, self.result.final_step = ev, stats.step
         return ev
 
     def maybe_log(self, stats: StepStats, evals: dict[str, float]) -> None:
@@ -190,6 +192,7 @@ class Trainer:
                 "loader": self.loader.state_dict(), "rng": rngs, "elapsed_s": self.elapsed,
                 "config": self.cfg.model_dump(mode="json"), "world_size": self.dist.world,
             })
+            self.recorder.checkpointed()  # MLflow receives it in the background
         self.dist.barrier()
 
     # -- phases before the loop --------------------------------------------------------------
@@ -284,6 +287,7 @@ class Trainer:
             # killed after its last checkpoint, before it could say so: nothing left but to finish
             self.result.final = {r["key"]: r["value"] for r in self.run.metrics.read()
                                  if r["step"] == self.step and r["key"].startswith(f"{t.eval_on}/")}
+            self.result.final_step = self.step if self.result.final else None
 
     def refuse_spent_budget(self) -> None:
         t = self.cfg.train
@@ -329,11 +333,14 @@ class Trainer:
                       "total_steps": self.budget.steps if self.budget.steps is not None else "time budget",
                       "tokenizer": self.tok_name, "tokens_per_step": self.tokens_per_step,
                       "flops_per_token": self.flops_per_token if self.flops_per_token is not None else "not reported"}
-            self.recorder.start(self.step, self.result.resumed_from, self.budget, params, self.registry, self.datasets)
+        shape = f"{self.budget.describe()} x {self.layout.global_batch} seqs x {t.seq_len} tokens"
+        if self.recorder is not None:
+            self.recorder.start(self.step, self.result.resumed_from, self.budget, params, self.registry, self.datasets,
+                                tokenizer=self.tok_name, budget_text=shape)
         resumed = f", resumed at step {self.step}" if self.result.resumed_from is not None else ""
         self.say(
             f"run {self.run.name}: model {cfg.model.name} ({self.n_params / 1e6:.2f}M params), optimizer {cfg.optimizer.name}, "
-            f"{self.budget.describe()} x {self.layout.global_batch} seqs x {t.seq_len} tokens, {d.world} rank(s) on {d.device.type}, "
+            f"{shape}, {d.world} rank(s) on {d.device.type}, "
             f"{'bf16' if self.bf16 else 'fp32'}{', compiled' if t.compile else ''}{resumed}"
         )
 

@@ -38,6 +38,9 @@ class TinyLMConfig(ModelConfig):
         "and waits until hold_file exists (a test then acts at a known step, whatever the machine's speed).",
     )
     hold_file: str | None = Field(default=None, description="Test hook: the file hold_at waits for.")
+    warn_at: int | None = Field(
+        default=None, ge=1, description="Test hook: training-mode forward number warn_at emits a UserWarning, as a library's notice would."
+    )
 
 
 class Block(nn.Module):
@@ -112,6 +115,10 @@ class TinyLM(nn.Module):
             self.forwards += 1
             if self.cfg.hold_at is not None and self.forwards == self.cfg.hold_at:
                 self._hold()
+            if self.cfg.warn_at is not None and self.forwards == self.cfg.warn_at:
+                import warnings
+
+                warnings.warn("tinylm test notice: a library speaking during training")
         if self.training and self.cfg.nan_after is not None:
             self.calls += 1
             if self.calls > self.cfg.nan_after:

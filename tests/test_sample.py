@@ -353,3 +353,65 @@ def test_bad_input_is_one_line_naming_the_option(out, tmp_path, args, message):
     assert len(lines) == 1 and lines[0].startswith(message), proc.stderr
     if args == ["--run", "empty"]:
         assert "has no checkpoint.pt" in lines[0]
+
+
+# -- the decoding cache ---------------------------------------------------------------------------
+
+
+class CacheRecorder(torch.nn.Module):
+    """Passes calls (and ``init_cache``) through to ``inner`` and keeps each input's length and
+    whether it went through the cache; ``refuse``: init_cache says None (a config it cannot cache)."""
+
+    def __init__(self, inner, refuse=False):
+        super().__init__()
+        self.inner, self.refuse, self.calls = inner, refuse, []
+
+    def init_cache(self, batch_size):
+        return None if self.refuse else self.inner.init_cache(batch_size)
+
+    def forward(self, idx, cache=None):
+        self.calls.append((idx.shape[1], cache is not None))
+        return self.inner(idx) if cache is None else self.inner(idx, cache=cache)
+
+
+@pytest.mark.parametrize("name", ["bytes", "gpt2"])
+def test_cached_sampling_gives_the_tokens_of_the_full_forward_as_the_window_slides(runs, name):
+    run = runs[name]
+    tok = run.tokenizer
+    model = perturbed(run.model, seed=2)
+    prompt_ids, _ = encode_prompt(PROMPT, tok, run.context)
+    n = 3 * run.context
+    kw = dict(context=run.context, vocab_size=tok.vocab_size, eot=tok.eot)
+    for extra in (dict(temperature=0.0), dict(temperature=1.0, top_k=20)):
+        full = list(generate(model, prompt_ids, n, generator=torch.Generator().manual_seed(4), use_cache=False, **kw, **extra))
+        rec = CacheRecorder(model)
+        cached = list(generate(rec, prompt_ids, n, generator=torch.Generator().manual_seed(4), **kw, **extra))
+        assert len(full) == n and len(set(full)) > 10
+        assert cached == full
+        # prefill the prompt, one id per step until the window is full; from then on the window
+        # moves past what the cache holds at every step, which prefills the whole window anew
+        assert all(through_cache for _, through_cache in rec.calls)
+        P, C = len(prompt_ids), run.context
+        assert [length for length, _ in rec.calls] == [P] + [1] * (C - P) + [C] * (n - (C - P + 1))
+
+
+def test_a_model_without_a_cache_for_its_config_runs_the_full_forward(runs):
+    run = runs["bytes"]
+    prompt_ids, _ = encode_prompt(PROMPT, run.tokenizer, run.context)
+    kw = dict(context=run.context, vocab_size=run.tokenizer.vocab_size, eot=run.tokenizer.eot, temperature=0.0)
+    refusing = CacheRecorder(run.model, refuse=True)
+    assert list(generate(refusing, prompt_ids, 20, **kw)) == list(generate(run.model, prompt_ids, 20, use_cache=False, **kw))
+    assert all(not c and n == min(len(prompt_ids) + i, run.context) for i, (n, c) in enumerate(refusing.calls))
+    off = CacheRecorder(run.model)
+    list(generate(off, prompt_ids, 5, use_cache=False, **kw))
+    assert not any(c for _, c in off.calls)
+
+
+def test_cli_no_cache_prints_the_same_text(runs, out, tmp_path):
+    args = ["sample", "--run", "bytes", "--out-dir", str(out), "--prompt", PROMPT, "--tokens", "60", "--temperature", "1",
+            "--seed", "3", "--device", "cpu"]
+    cached = run_cli(args, cwd=tmp_path, check=0)
+    full = run_cli([*args, "--no-cache"], cwd=tmp_path, check=0)
+    assert cached.stdout == full.stdout and len(cached.stdout) > len(PROMPT) + 30
+    assert cached.stderr.strip().endswith("on cpu, decoding cache")
+    assert full.stderr.strip().endswith("on cpu, full forward per token")

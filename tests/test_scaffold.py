@@ -146,7 +146,7 @@ def run_generated_tests(folder: Path, site: Path, name: str, *args: str) -> subp
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind,passed", [("model", 15), ("optimizer", 12)])
+@pytest.mark.parametrize("kind,passed", [("model", 16), ("optimizer", 12)])
 def test_the_generated_tests_pass(tmp_path, kind, passed):
     folder, _ = create_plugin("mine", kind, tmp_path)
     fabricate_dist(folder, tmp_path / "site")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, free_port, hanging_server, run_cli
+from conftest import TINY, fake_plugin, free_port, hanging_server, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -86,28 +87,121 @@ def folder_metrics(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def assert_mlflow_has_folder(uri, run_id, run_dir):
+    """Every metric row of the folder in MLflow (the evaluation's constant counts as params)."""
     c = client(uri)
+    params = c.get_run(run_id).data.params
     for key, pts in folder_metrics(run_dir).items():
+        if key in ("val/tokens", "val/bytes"):
+            assert {v for _, v in pts} == {float(params[key])}, key
+            continue
         got = sorted((m.step, m.value) for m in c.get_metric_history(run_id, key))
         assert got == sorted(pts), key
 
 
+UNUSED_PLUGIN = """
+from blagpt import ModelConfig, ModelSpec, hookimpl
+
+class Cfg(ModelConfig):
+    name: str = "unused"
+
+@hookimpl
+def register_models(register):
+    register(ModelSpec("unused", Cfg, "installed, not used by the run"))
+"""
+
+
 def test_run_is_logged_to_a_server(workdir, server):
-    proc = run_cli(["train", "--tracking-uri", server.uri, *sets("tracking.run_name=served")], cwd=workdir, check=0)
+    """The record an MLflow user expects: params without "None", the evaluation's constant counts
+    as params, the versions of only the plugins the run used, a description, the run's real start
+    time, its checkpoint and config as artifacts, and the link to its page at the end."""
+    fake_plugin(workdir / "site", "blagpt-plugin-unused", "unusedplug", UNUSED_PLUGIN)
+    proc = run_cli(["train", "--tracking-uri", server.uri, *sets("tracking.run_name=served")], cwd=workdir, check=0,
+                   env={"PYTHONPATH": str(workdir / "site")}, plugins=("tinylm", "unusedplug"))
     assert f"tracking URI {server.uri}" in proc.stdout
     meta = json.loads((workdir / "runs/served/run.json").read_text())
     run = client(server.uri).get_run(meta["mlflow_run_id"])
     assert run.info.status == "FINISHED"
+    assert f"see it: {server.uri}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}" in proc.stdout
     p = run.data.params
     assert p["model.name"] == "tinylm" and p["train.seq_len"] == "32" and p["optimizer.name"] == "adamw"
-    assert run.data.tags["blagpt.plugin.blagpt-plugin-tinylm"] == "0.1.0"
+    assert "None" not in p.values() and "model.preset" not in p
+    assert p["val/tokens"] == "2048" and p["val/bytes"] == "2048"  # bytes: one token per byte
+    assert not {"val/tokens", "val/bytes"} & set(run.data.metrics)
+    plugins = {k: v for k, v in run.data.tags.items() if k.startswith("blagpt.plugin.")}
+    assert plugins == {"blagpt.plugin.blagpt-plugin-tinylm": "0.1.0", "blagpt.plugin.blagpt": "0.1.0"}
+    assert run.data.tags["mlflow.note.content"] == "Model tinylm (no preset), optimizer adamw, budget 6 steps x 4 seqs x 32 tokens."
+    first_ts = min(json.loads(ln)["ts"] for ln in (workdir / "runs/served/metrics.jsonl").read_text().splitlines())
+    assert run.info.start_time == meta["start_time_ms"] <= first_ts
     assert {"train/loss", "val/loss", "val/bpb", "train/tokens_per_s", "train/peak_mem_mb", "train/lr"} <= set(run.data.metrics)
     assert_mlflow_has_folder(server.uri, run.info.run_id, workdir / "runs/served")
     arts = {a.path for a in client(server.uri).list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "loss_curve.png"} <= arts
+    assert {"config.yaml", "loss_curve.png", "checkpoint.pt"} <= arts
+    assert run.data.tags["blagpt.checkpoint_step"] == "6"
     listed = run_cli(["runs", "--tracking-uri", server.uri], check=0).stdout
     row = next(ln for ln in listed.splitlines() if ln.startswith("served"))
     assert "tinylm" in row and f"{run.data.metrics['val/loss']:.4f}" in row
+
+
+def test_a_run_travels_through_mlflow_alone(workdir, server, tmp_path_factory):
+    """Stopped at step 4 of 6 on one machine; on another (another folder, nothing but the run id
+    and the server) it is sampled, then resumed into the same MLflow run, which ends up holding
+    exactly the second machine's folder; ``blagpt runs`` showed the steps reached."""
+    run_cli(["train", "--tracking-uri", server.uri, "--until-step", "4", *sets("tracking.run_name=travel")], cwd=workdir, check=0)
+    run_id = json.loads((workdir / "runs/travel/run.json").read_text())["mlflow_run_id"]
+    listed = run_cli(["runs", "--tracking-uri", server.uri], check=0).stdout
+    header = listed.splitlines()[0].split()
+    row = next(ln for ln in listed.splitlines() if ln.startswith("travel ")).split()
+    assert header[:5] == ["RUN", "MODEL", "PRESET", "OPTIMIZER", "STEPS"] and row[1:5] == ["tinylm", "-", "adamw", "4/6"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d", row[8]), row  # STARTED, local time
+    other = tmp_path_factory.mktemp("machine-b")
+    sampled = run_cli(["sample", "--run", run_id, "--tracking-uri", server.uri, "--tokens", "3", "--temperature", "0"],
+                      cwd=other, check=0)
+    assert "travel: model tinylm at step 4" in sampled.stderr
+    fetched = other / "runs/travel"
+    assert json.loads((fetched / "run.json").read_text())["fetched_from"]["run_id"] == run_id
+    resumed = run_cli(["train", "--resume", run_id, "--tracking-uri", server.uri], cwd=other, check=0)
+    assert "resumed at step 4" in resumed.stdout
+    meta = json.loads((fetched / "run.json").read_text())
+    assert meta["mlflow_run_id"] == run_id and not meta.get("replaced_mlflow_run_ids")
+    assert sorted(s for s, _ in folder_metrics(fetched)["train/loss"]) == [2, 4, 6]
+    assert_mlflow_has_folder(server.uri, run_id, fetched)
+    run = client(server.uri).get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["blagpt.checkpoint_step"] == "6"
+    again = run_cli(["sample", "--run", run_id, "--tracking-uri", server.uri, "--tokens", "3"], cwd=workdir, check=0)
+    assert "travel: model tinylm at step 4" in again.stderr  # the first machine keeps its own folder
+    gone = run_cli(["sample", "--run", "f" * 32, "--tracking-uri", server.uri], cwd=other)
+    assert f"--run {'f' * 32}: no MLflow run with this id at {server.uri}" in gone.stderr and gone.returncode != 0
+
+
+def test_system_metrics_reach_mlflow(workdir, server):
+    """MLflow's own system metrics (CPU, memory...) of a run held until the first sample is in."""
+    hold = workdir / "go"
+    train = _held_run(workdir, server.uri, "sysm", hold, "train.steps=4", "model.hold_at=2", "tracking.system_metrics_interval_s=1")
+    try:
+        run_id = _wait_for(lambda: json.loads((workdir / "runs/sysm/run.json").read_text()).get("mlflow_run_id"), train)
+        keys = _wait_for(lambda: [k for k in client(server.uri).get_run(run_id).data.metrics if k.startswith("system/")], train)
+        hold.write_text("")
+        out, _ = train.communicate(timeout=300)
+    finally:
+        if train.poll() is None:
+            train.kill()
+    assert train.returncode == 0, out
+    assert "system/cpu_utilization_percentage" in keys and "system/system_memory_usage_megabytes" in keys
+
+
+def _wait_for(probe, proc, deadline_s: float = 120):
+    """Until ``probe()`` is truthy (an event the run or the server produces); fails if ``proc`` ended."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            got = probe()
+        except (OSError, ValueError):
+            got = None
+        if got:
+            return got
+        assert proc.poll() is None, "the run ended while held"
+        assert time.monotonic() < deadline, "never happened"
+        time.sleep(0.2)
 
 
 def test_server_down_training_goes_on_then_sync_recovers(workdir, server):

@@ -129,7 +129,7 @@ def test_a_new_plugin_from_its_wheel_installs_trains_passes_its_tests_and_uninst
 
     tests = venv.run(venv.bin / "pytest", "-q", "-p", "no:cacheprovider", cwd=folder).stdout
     summary = tests.strip().splitlines()[-1]
-    assert summary.startswith("15 passed") and not re.search(r"failed|skipped|xfail|xpass|error", summary), summary
+    assert summary.startswith("16 passed") and not re.search(r"failed|skipped|xfail|xpass|error", summary), summary
 
     refused = subprocess.run([venv.bin / "blagpt", "plugins", "uninstall", "blagpt"], env=venv.env, capture_output=True, text=True)
     assert refused.returncode == 1 and "refusing to uninstall the core distribution 'blagpt'" in refused.stderr

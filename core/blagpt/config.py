@@ -104,6 +104,12 @@ class TrainConfig(_Section):
         "within this many UTF-8 bytes: the same text, and the same byte count, whatever the tokenizer "
         "(use it to compare byte and token models); replaces `eval_tokens`.",
     )
+    eval_on: Literal["val", "tune"] = Field(
+        default="val",
+        description="Which held-out slice the evaluations score: `val`, the validation slice (logged as `val/*`), or "
+        "`tune`, a slice of the same size at the end of the val split that never overlaps it (logged as `tune/*`): "
+        "hyperparameters chosen on `tune` are not selected on the reported number (`blagpt bench --tune`).",
+    )
     checkpoint_interval: int = Field(default=0, ge=0, description="Checkpoint every N steps; 0: only at the end.")
     log_interval: int = Field(default=10, gt=0, description="Log training metrics every N steps.")
     init_from: str | None = Field(
@@ -152,6 +158,16 @@ class TrackingConfig(_Section):
     experiment: str = Field(default="blagpt", description="MLflow experiment name.")
     run_name: str | None = Field(default=None, description="Run name; unset: <model>-<timestamp>.")
     timeout_s: float = Field(default=10.0, gt=0, description="Seconds one MLflow request may take before it is given up.")
+    log_checkpoints: bool = Field(
+        default=True,
+        description="Upload checkpoint.pt to the MLflow run each time it is written (in the background), so the run can "
+        "be sampled or resumed on another machine from its MLflow run id alone.",
+    )
+    system_metrics: bool = Field(
+        default=True,
+        description="Log MLflow's system metrics (system/*: CPU, memory, disk, network; NVIDIA GPUs when nvidia-ml-py is installed).",
+    )
+    system_metrics_interval_s: float = Field(default=10.0, ge=1, description="Seconds between two samples of the system metrics.")
     tags: dict[str, str] = Field(
         default_factory=dict,
         description="Extra MLflow tags of the run (e.g. `mlflow.parentRunId` nests it under another run).",

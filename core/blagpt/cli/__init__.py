@@ -9,6 +9,7 @@ torch, MLflow and the plugins load inside the commands that need them.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import click
@@ -71,13 +72,40 @@ def _warn_broken(reg) -> None:
 
 
 def _setup_logging() -> None:
-    """Plugins' and the core's INFO lines (loggers named ``blagpt*``) on stderr; others from WARNING."""
-    import logging
+    """Plugins' and the core's INFO lines (loggers named ``blagpt*``) on stderr; others from WARNING.
 
-    handler = logging.StreamHandler()
+    MLflow's own logging setup is turned off (``MLFLOW_CONFIGURE_LOGGING=false``) so that its
+    INFO lines ("Creating initial MLflow database tables", alembic's) are filtered here like any
+    library's, and warnings (heavyball's notices) become one log line each. Every line is written
+    above a progress bar when one is drawn, never through it.
+    """
+    import os
+    import warnings
+
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
+    handler = _ConsoleHandler()
     handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
     handler.addFilter(lambda r: r.name.startswith("blagpt") or r.levelno >= logging.WARNING)
     logging.basicConfig(level=logging.INFO, handlers=[handler])
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        logging.getLogger("blagpt").warning("warning: %s: %s (%s:%d)", category.__name__, text, os.path.basename(filename), lineno)
+
+    warnings.showwarning = one_line
+
+
+class _ConsoleHandler(logging.StreamHandler):
+    """stderr, but through ``tqdm.write`` while a progress bar is drawn (the bar is redrawn below)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm_mod = sys.modules.get("tqdm")
+        if tqdm_mod is None or not getattr(tqdm_mod.tqdm, "_instances", None):
+            return super().emit(record)
+        try:
+            tqdm_mod.tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - as logging does: a handler never raises
+            self.handleError(record)
 
 
 def main() -> None:
@@ -101,7 +129,7 @@ def main() -> None:
         sys.exit(130)
 
 
-from . import compare, data, info, plugins, runs, train  # noqa: E402,F401 - each registers its commands on `cli`
+from . import compare, data, eval, export, info, plugins, runs, train  # noqa: E402,F401 - each registers its commands on `cli`
 
 if __name__ == "__main__":
     main()

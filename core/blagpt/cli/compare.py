@@ -1,4 +1,4 @@
-"""The comparison commands of the ``blagpt`` CLI: ``bench``, ``ablate`` and ``compare``.
+"""The comparison commands of the ``blagpt`` CLI: ``bench``, ``ablate``, ``scale`` and ``compare``.
 
 They register on the ``blagpt`` group when :mod:`blagpt.cli` is imported; like the rest of the
 CLI, only click is imported at module level.
@@ -16,8 +16,11 @@ from . import CONTEXT, cli
 
 NOTE = (
     "val loss and val bpb: mean ± sample sd over seeds of the final evaluation, every entry on the same "
-    "validation text ({what}). p vs baseline: one-sided Welch t-test that the entry's val bpb is lower than "
-    "the baseline's (small = better beyond seed noise; needs 2+ seeds). tokens/s: median of the logged "
+    "validation text ({what}); 95% CI: Student-t confidence interval of the mean val bpb. p vs baseline: "
+    "one-sided Welch t-test that the entry's val bpb is lower than the baseline's (small = better beyond seed "
+    "noise; needs 2+ seeds); p (Holm): adjusted for comparing many entries with one baseline (Holm-Bonferroni); "
+    "* marks a p from fewer than 3 seeds on a side. params w/o emb.: parameters without embedding tables and "
+    "output head; train FLOPs: the model's FLOPs per token x training tokens. tokens/s: median of the logged "
     "windows; peak mem: largest logged peak; wall: training time, evaluation excluded; all means over seeds."
 )
 
@@ -85,21 +88,25 @@ def _executor(launcher_text, raw):
     return ex
 
 
-def _report(bench, stats, title, note, params, interrupted):
-    from ..compare.leaderboard import COLUMNS, table_rows, text_table, write_leaderboard
+def _report(bench, stats, title, note, params, interrupted, budget=""):
+    from ..compare.leaderboard import terminal_table, write_leaderboard
 
-    files = write_leaderboard(stats, bench.dir, title, note)
+    files = write_leaderboard(stats, bench.dir, title, note, budget)
+    if getattr(bench, "choices", None):
+        from ..compare.tune import choices_params, write_tuning
+
+        files.update(write_tuning(bench.grid, bench.choices, bench.dir, f"tuning of bench {bench.name}"))
+        params = {**params, **choices_params(bench.choices)}
     click.echo("")
-    click.echo(text_table(COLUMNS, table_rows(stats)))
+    click.echo(terminal_table(stats))
     scored = {e.label: r.final.get("val/bytes") for e in stats for r in e.ok_runs if r.final.get("val/bytes") is not None}
     if len(set(scored.values())) > 1:
         click.echo(f"note: the entries were not scored on the same validation bytes ({', '.join(f'{k}: {v:,.0f}' for k, v in scored.items())}); "
                    "their tokenizers cut the validation text at different places")
-    metrics = {f"val_bpb_mean/{_key(e.label)}": e.mean(e.bpb) for e in stats if e.bpb}
-    run_id = bench.finish(files, params, metrics, interrupted)
+    run_id = bench.finish(files, params, entry_metrics(stats), interrupted)
     click.echo("")
-    click.echo(f"leaderboard: {files['md']} and {files['csv']}")
-    click.echo(f"plots: {files['png_tokens']} {files['png_time']}")
+    click.echo(f"leaderboard (every column): {files['md']} and {files['csv']}")
+    click.echo(f"plots: {' '.join(str(v) for k, v in files.items() if k.startswith('png'))}")
     if run_id:
         click.echo(f"MLflow parent run: {run_id} (experiment {bench.experiment!r}); its runs are nested under it")
     return files
@@ -120,8 +127,12 @@ def _eval_text(bench) -> str:
               "(default: each model's own).")
 @click.option("--budget", required=True, help="tokens=N | flops=F | time=S | steps=N (suffixes k M G T; s m h).")
 @click.option("--baseline", help="Entry the p-values are computed against (default: the first).")
+@click.option("--tune", "tunes", multiple=True, metavar="FIELD=V1,V2,...",
+              help="Tune FIELD for every entry alike (repeatable: the grid is their product): one trial per value at the first "
+              "seed, scored on a tuning slice disjoint from the validation slice, then the seeds at each entry's best.")
 @_common
-def bench(models, optimizers, tokenizers, budget, baseline, config_file, sets, seeds, name, launcher, retry_failed, tracking_uri, no_track):
+def bench(models, optimizers, tokenizers, budget, baseline, tunes, config_file, sets, seeds, name, launcher, retry_failed, tracking_uri,
+          no_track):
     """Train every model x optimizer x seed on equal terms and print the leaderboard.
 
     Every run gets the same data, sequence length, global batch, validation text and budget
@@ -136,10 +147,12 @@ def bench(models, optimizers, tokenizers, budget, baseline, config_file, sets, s
       blagpt bench --models blagpt@gpt2+tiny,rene@tiny,rwkv7@tiny --budget flops=5e13 --config base.yaml
       blagpt bench --models blagpt@blagpt+tiny --optimizers adamw,soap,muon --budget time=5m
       blagpt bench --models blagpt@gpt2+tiny --tokenizers gpt2,hf:tok/tokenizer.json --budget flops=5e13
+      blagpt bench --models blagpt@gpt2+tiny,rene@tiny --tune optimizer.lr=1e-3,3e-3,1e-2 --budget tokens=1M --seeds 3
     """
     from ..compare.bench import Bench
     from ..compare.leaderboard import summarize
     from ..compare.plan import parse_models
+    from ..compare.tune import Grid
     from ..errors import ConfigError
 
     opts = [o.strip() for o in optimizers.split(",") if o.strip()]
@@ -148,17 +161,23 @@ def bench(models, optimizers, tokenizers, budget, baseline, config_file, sets, s
     labels = [e.label for e in entries]
     if baseline is not None and baseline not in labels:
         raise ConfigError(f"--baseline {baseline!r}: not an entry; entries: {', '.join(labels)}")
+    grid = Grid.parse(tunes)
     raw = _base(config_file, sets, budget, tracking_uri, no_track)
     identity = {"entries": [asdict(e) for e in entries], "launcher": launcher}
+    if grid:
+        identity["tune"] = [list(f) for f in grid.fields]
     b = Bench("bench", identity, raw, seeds, name, _launcher(launcher), retry_failed, echo=click.echo, executor=_executor(launcher, raw))
-    click.echo(f"bench {b.name}: {len(entries)} entries x {seeds} seed(s), budget {budget}; folder {b.dir}")
-    data, interrupted = b.run(entries)
+    b.grid = grid
+    tuned = f", each tuned over {len(grid.points())} point(s) of {' x '.join(f for f, _ in grid.fields)}" if grid else ""
+    click.echo(f"bench {b.name}: {len(entries)} entries x {seeds} seed(s){tuned}, budget {budget}; folder {b.dir}")
+    data, interrupted = b.run(entries, grid)
     stats = summarize(data, labels, baseline)
     params = {"bench.models": models, "bench.optimizers": optimizers, "bench.tokenizers": tokenizers or "each model's own",
-              "bench.budget": budget, "bench.seeds": seeds,
-              "bench.baseline": baseline or labels[0]}
-    title = f"bench {b.name}: {', '.join(labels)}; budget {budget}; {seeds} seed(s)"
-    _report(b, stats, title, NOTE.format(what=_eval_text(b)), params, interrupted)
+              "bench.budget": budget, "bench.seeds": seeds, "bench.baseline": baseline or labels[0]}
+    if grid:
+        params["bench.tune"] = " ".join(tunes)
+    title = f"bench {b.name}: {', '.join(labels)}; budget {budget}; {seeds} seed(s){tuned}"
+    _report(b, stats, title, NOTE.format(what=_eval_text(b)), params, interrupted, budget)
     _exit_if(interrupted, data)
 
 
@@ -206,6 +225,69 @@ def ablate(model, optimizer, tries, greedy, noise, budget, config_file, sets, se
 
 
 @cli.command(context_settings=CONTEXT)
+@click.option("--models", required=True, help="Comma-separated NAME or NAME@PRESET; a size's preset is added to the model's own.")
+@click.option("--sizes", help="Comma-separated presets, one size each (e.g. tiny,mini,small).")
+@click.option("--size", "size_sets", multiple=True, metavar="LABEL='FIELD=V;...'", help="A size given by overrides (repeatable).")
+@click.option("--budget", required=True, help="Budgets of one kind, e.g. flops=1e13,3e13,1e14 or tokens=250k,500k,1M.")
+@click.option("--optimizer", default="adamw", show_default=True, help="Optimizer of every run.")
+@_common
+def scale(models, sizes, size_sets, budget, optimizer, config_file, sets, seeds, name, launcher, retry_failed, tracking_uri, no_track):
+    """Train models x sizes x budgets and compare their compute-optimal frontiers.
+
+    Draws val bpb against training FLOPs (log-log) per model with its frontier (the best size at
+    each budget), fits L(C) = E + A * C^-alpha to it, with bootstrap 95% intervals of E and alpha
+    over seeds, and says where two models' frontiers cross. One MLflow parent run; run the same
+    command again to resume.
+
+    \b
+    Examples:
+      blagpt scale --models blagpt@gpt2,rwkv7 --sizes tiny,mini,small --budget flops=1e13,3e13,1e14 --seeds 2
+      blagpt scale --models rene --size s='model.n_layers=2' --size m='model.n_layers=4' --budget tokens=250k,1M
+    """
+    from ..compare import scale as sc
+    from ..compare.bench import Bench
+    from ..compare.leaderboard import summarize, write_leaderboard
+    from ..compare.plan import parse_models
+
+    model_entries = parse_models(models, [optimizer])
+    size_list = sc.parse_sizes(sizes, size_sets)
+    budgets = sc.parse_budgets(budget)
+    entries, where = sc.cells(model_entries, size_list, budgets)
+    raw = _base(config_file, sets, None, tracking_uri, no_track)
+    from ..config import replace_budget
+
+    raw = replace_budget(raw, budgets[0][1])  # every cell sets its own budget of this kind
+    identity = {"entries": [asdict(e) for e in entries], "launcher": launcher}
+    b = Bench("scale", identity, raw, seeds, name, _launcher(launcher), retry_failed, echo=click.echo, executor=_executor(launcher, raw))
+    click.echo(f"scale {b.name}: {len(model_entries)} model(s) x {len(size_list)} size(s) x {len(budgets)} budget(s) x "
+               f"{seeds} seed(s); folder {b.dir}")
+    data, interrupted = b.run(entries)
+    scales = sc.analyse_all(data, where, [m.label for m in model_entries])
+    title = f"scale {b.name}: {models}; sizes {', '.join(s.label for s in size_list)}; budgets {budget}; {seeds} seed(s)"
+    files = sc.write_scale(scales, b.dir, title, budget)
+    stats = summarize(data, [e.label for e in entries])
+    files.update(write_leaderboard(stats, b.dir, f"{title}: every run", NOTE.format(what=_eval_text(b)), budget))
+    click.echo("")
+    click.echo(sc.terminal_report(scales))
+    metrics = {}
+    for ms in scales:
+        if ms.fit is not None:
+            k = _key(ms.model)
+            metrics.update({f"scale_alpha/{k}": ms.fit.alpha, f"scale_E/{k}": ms.fit.E, f"scale_A/{k}": ms.fit.A})
+            for what, (lo, hi) in ms.ci.items():
+                metrics.update({f"scale_{what}_ci95_lo/{k}": lo, f"scale_{what}_ci95_hi/{k}": hi})
+    params = {"scale.models": models, "scale.sizes": ", ".join(s.label for s in size_list), "scale.budget": budget,
+              "scale.seeds": seeds, "scale.optimizer": optimizer}
+    run_id = b.finish(files, params, metrics, interrupted)
+    click.echo("")
+    click.echo(f"scale table and fits: {files['scale_md']} ({files['scale_json']}); every run: {files['md']} and {files['csv']}")
+    click.echo(f"plots: {' '.join(str(v) for k, v in files.items() if k.startswith('png'))}")
+    if run_id:
+        click.echo(f"MLflow parent run: {run_id} (experiment {b.experiment!r}); its runs are nested under it")
+    _exit_if(interrupted, data)
+
+
+@cli.command(context_settings=CONTEXT)
 @click.argument("refs", nargs=-1, required=True, metavar="RUN_OR_EXPERIMENT...")
 @click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db).")
 @click.option("--experiment", default="blagpt", show_default=True, help="Experiment that run names are looked up in.")
@@ -226,27 +308,57 @@ def compare(refs, tracking_uri, experiment, baseline, out_dir, timeout_s):
     """
     from pathlib import Path
 
-    from ..compare.leaderboard import COLUMNS, summarize, table_rows, text_table, write_leaderboard
-    from ..compare.mlflow_runs import find_runs, run_data
+    from ..compare.leaderboard import comparable_groups, summarize, terminal_table, write_leaderboard
+    from ..compare.mlflow_runs import find_runs, is_trial, run_data
     from ..errors import BlagptError
     from ..run.tracking import connect, one_line
 
     client = connect(tracking_uri, timeout_s, what="compare")
     try:
         runs = find_runs(client, list(refs), experiment)
-        data, order = run_data(client, runs)
+        trials = [r for r in runs if is_trial(r)]
+        data, order = run_data(client, [r for r in runs if not is_trial(r)])
     except BlagptError:
         raise
     except Exception as e:  # noqa: BLE001 - the server failed mid-way: one line, not a traceback
         raise BlagptError(f"compare: MLflow at {client.tracking_uri} failed ({one_line(e)})") from None
-    stats = summarize(data, order, baseline)
+    if not data:
+        raise BlagptError(f"compare: {' '.join(refs)}: only tuning trials found, no runs scored on the validation slice")
     out = Path(out_dir or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}")
     note = NOTE.format(what="as each run was configured").replace("sd over seeds", "sd over the runs of an entry")
-    files = write_leaderboard(stats, out, f"compare {' '.join(refs)}", note)
-    click.echo(text_table(COLUMNS, table_rows(stats)))
-    click.echo("")
-    click.echo(f"{len(data)} run(s) from {client.tracking_uri}; leaderboard: {files['md']} and {files['csv']}")
-    click.echo(f"plots: {files['png_tokens']} {files['png_time']}")
+    groups = comparable_groups(data)
+    if len(groups) > 1:
+        click.echo(f"warning: these runs differ in budget or validation text; {len(groups)} separate leaderboards, one per "
+                   f"group ({'; '.join(f'{b}, {v}' for (b, v), _ in groups)})", err=True)
+    if trials:
+        click.echo(f"{len(trials)} tuning trial run(s) left out (scored on the tuning slice)")
+    for i, ((budget, text), runs_i) in enumerate(groups, 1):
+        where = out if len(groups) == 1 else out / f"group-{i}"
+        labels = [label for label in order if any(r.entry == label for r in runs_i)]
+        base = baseline if baseline in labels else None
+        if baseline is not None and base is None and len(groups) == 1:
+            base = baseline  # summarize names the unknown entry
+        stats = summarize(runs_i, labels, base)
+        files = write_leaderboard(stats, where, f"compare {' '.join(refs)}" + (f" (group {i}: {budget}, {text})" if len(groups) > 1 else ""),
+                                  note + f" Budget {budget}; validation text: {text}.", budget)
+        if len(groups) > 1:
+            click.echo(f"\ngroup {i}: {budget}; validation {text}")
+        click.echo(terminal_table(stats))
+        click.echo("")
+        click.echo(f"{len(runs_i)} run(s) from {client.tracking_uri}; leaderboard: {files['md']} and {files['csv']}")
+        click.echo(f"plots: {' '.join(str(v) for k, v in files.items() if k.startswith('png'))}")
+
+
+def entry_metrics(stats) -> dict[str, float]:
+    """Each entry's figures for the parent run: mean, sd and 95% CI of val bpb, raw and Holm p."""
+    out = {}
+    for e in stats:
+        k = _key(e.label)
+        ci = e.ci
+        figures = {"val_bpb_mean": e.mean(e.bpb), "val_bpb_sd": e.std(e.bpb), "p": e.p_value, "p_holm": e.p_holm,
+                   "val_bpb_ci95_lo": ci and ci[0], "val_bpb_ci95_hi": ci and ci[1]}
+        out.update({f"{name}/{k}": v for name, v in figures.items() if v is not None})
+    return out
 
 
 def _key(label: str) -> str:

@@ -9,7 +9,7 @@ from . import CONTEXT, _config_options, _resolve, _table, _warn_broken, cli
 
 @cli.command("list", context_settings=CONTEXT)
 def list_cmd():
-    """List installed models, optimizers and tokenizers (nothing is built or loaded).
+    """List installed models (with their presets), optimizers and tokenizers (nothing is built or loaded).
 
     \b
     Example:
@@ -18,20 +18,20 @@ def list_cmd():
     from ..plugin.registry import get_registry
 
     reg = get_registry()
-    rows = [("MODEL", "PLUGIN", "TOKENIZERS", "DESCRIPTION")]
+    rows = [("MODEL", "PLUGIN", "TOKENIZERS", "PRESETS (model.preset=A+B)", "DESCRIPTION")]
     for name, spec in sorted(reg.models.items()):
-        rows.append((name, reg.owner_of("model", name).dist, ",".join(spec.tokenizers), spec.description))
+        rows.append((name, reg.owner_of("model", name).dist, ",".join(spec.tokenizers), ",".join(spec.presets) or "-", spec.description))
     _table(rows)
     click.echo("")
-    rows = [("OPTIMIZER", "PLUGIN", "", "DESCRIPTION")]
+    rows = [("OPTIMIZER", "PLUGIN", "DESCRIPTION")]
     for name, spec in sorted(reg.optimizers.items()):
-        rows.append((name, reg.owner_of("optimizer", name).dist, "", spec.description))
+        rows.append((name, reg.owner_of("optimizer", name).dist, spec.description))
     _table(rows)
     click.echo("")
-    rows = [("TOKENIZER", "PLUGIN", "", "DESCRIPTION")]
+    rows = [("TOKENIZER", "PLUGIN", "DESCRIPTION")]
     for name, spec in sorted(reg.tokenizers.items()):
         ref = f"{name}:{spec.argument.split()[0]}" if spec.argument else name
-        rows.append((ref, reg.owner_of("tokenizer", name).dist, "", spec.description))
+        rows.append((ref, reg.owner_of("tokenizer", name).dist, spec.description))
     _table(rows)
     _warn_broken(reg)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import click
 
 from ..errors import BlagptError
@@ -15,7 +17,7 @@ from . import CONTEXT, _table, cli
 @click.option("--timeout-s", default=10.0, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Give up on a server that does not answer within this many seconds.")
 @click.pass_context
 def runs(ctx, tracking_uri, experiment, limit, timeout_s):
-    """List recent MLflow runs: name, model, steps, val loss, val bpb.
+    """List recent MLflow runs: name, model, preset, optimizer, steps reached, val loss, val bpb, start time.
 
     \b
     Examples:
@@ -25,9 +27,20 @@ def runs(ctx, tracking_uri, experiment, limit, timeout_s):
     """
     if ctx.invoked_subcommand is not None:
         return
+    import os
+
     from ..run.tracking import connect, one_line
 
-    client = connect(tracking_uri, timeout_s, what="runs")
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+    if uri is None:  # MLflow's default store: a client would create it; nothing was tracked if it is not there
+        from mlflow import get_tracking_uri
+
+        default = get_tracking_uri()
+        path = default[len("sqlite:///"):] if default.startswith("sqlite:///") else None
+        if path is not None and not os.path.exists(path):
+            click.echo(f"no MLflow store at {path}: no run was tracked here (give --tracking-uri, or set MLFLOW_TRACKING_URI)")
+            return
+    client = connect(uri, timeout_s, what="runs")
     try:
         exp = client.get_experiment_by_name(experiment)
         found = [] if exp is None else client.search_runs(
@@ -38,12 +51,24 @@ def runs(ctx, tracking_uri, experiment, limit, timeout_s):
     if exp is None:
         click.echo(f"no experiment {experiment!r} at {client.tracking_uri}")
         return
-    rows = [("RUN", "MODEL", "STEPS", "VAL LOSS", "VAL BPB", "STATUS", "RUN ID")]
+    rows = [("RUN", "MODEL", "PRESET", "OPTIMIZER", "STEPS", "VAL LOSS", "VAL BPB", "STATUS", "STARTED", "RUN ID")]
     for r in found:
         m, p = r.data.metrics, r.data.params
         fmt = lambda k: f"{m[k]:.4f}" if k in m else "-"  # noqa: E731
-        rows.append((r.info.run_name, p.get("model.name", "-"), p.get("total_steps", "-"), fmt("val/loss"), fmt("val/bpb"), r.info.status, r.info.run_id))
+        started = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.info.start_time / 1000)) if r.info.start_time else "-"
+        rows.append((r.info.run_name, p.get("model.name", "-"), p.get("model.preset", "-"), p.get("optimizer.name", "-"),
+                     _steps(m, p), fmt("val/loss"), fmt("val/bpb"), r.info.status, started, r.info.run_id))
     _table(rows)
+
+
+def _steps(metrics: dict, params: dict) -> str:
+    """The steps the run reached (its last train/tokens over tokens_per_step), of those planned."""
+    try:
+        done = round(metrics["train/tokens"] / float(params["tokens_per_step"]))
+    except (KeyError, ValueError, ZeroDivisionError):
+        return "-"
+    planned = params.get("total_steps", "")
+    return f"{done}/{planned}" if planned.isdigit() and int(planned) != done else str(done)
 
 
 @runs.command("sync", context_settings=CONTEXT)

@@ -10,6 +10,10 @@ one bench folder, ``<train.out_dir>/<bench name>/``, locked while a bench runs i
 - ``leaderboard.md``, ``leaderboard.csv``, ``bpb_vs_tokens.png``, ``bpb_vs_time.png``;
 - ``run.json``/``metrics.jsonl``: the bench's own MLflow run, parent of the children's runs.
 
+With ``--tune``, every entry's trials (one run per grid point, scored on the tuning slice) train
+first, then its seeds at its best point (:mod:`.tune`); ``tuning.md`` and ``tune_<field>.png``
+record the choice.
+
 Running the same command again resumes: finished runs are read, not redone; every other run with a
 checkpoint resumes from it (``blagpt train --resume``), however it was stopped; a run with no
 checkpoint starts again. Runs that failed on their own stay failed unless ``--retry-failed``,
@@ -19,13 +23,15 @@ which trains them again from step 0 (``blagpt train --restart``).
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
 from ..run.rundir import FolderLock, RunDir
 from .leaderboard import RunData
 from .parent import ParentRun
-from .plan import Child, Entry, Plan
+from .plan import Child, Entry, Plan, section
+from .tune import Choice, Grid, choose, point_sets, tuned_tag
 from .state import BenchState
 from .executor import Job, Sequential
 from .supervisor import Supervisor, reason
@@ -48,35 +54,77 @@ class Bench:
         self.lock = FolderLock(self.dir, what=kind)
         self.supervisor = Supervisor(self.dir / "logs", launcher or [sys.executable], echo)
         self.executor = executor or Sequential()  # where the runs execute (:mod:`.executor`)
+        self.grid: Grid | None = None
+        self.choices: list[Choice] = []
         self.parent = ParentRun(self.dir, kind, self.name, self.plan.tracking_uri, self.experiment, self.plan.tracking_enabled, echo)
 
     @property
     def stopping(self) -> bool:
         return self.supervisor.stopping
 
-    def run(self, entries: list[Entry]) -> tuple[list[RunData], bool]:
+    def run(self, entries: list[Entry], grid: Grid | None = None) -> tuple[list[RunData], bool]:
         """Train what is not finished yet; returns every child's :class:`RunData` (labelled by
-        entry) and whether the bench was interrupted."""
-        children = self.plan.children(entries, self.registry, self.echo)
+        entry) and whether the bench was interrupted. With a tuning ``grid``, every entry's
+        trials run first and its seeds then train at its best point (:mod:`.tune`); the choices
+        are kept in :attr:`choices`."""
         self.dir.mkdir(parents=True, exist_ok=True)
         if not self.lock.held:
             self.lock.acquire()
         self.state.save(self.seeds)
         if self.parent.run_id is None:
             self.parent.open()
-        self.executor.run([self.child_job(c, f"[{i}/{len(children)}]") for i, c in enumerate(children, 1)], self.supervisor)
-        self.state.save(self.seeds)
-        return [self.run_data(c) for c in children], self.stopping
+        self.choices: list[Choice] = []
+        if not grid:
+            children = self.plan.children(entries, self.registry, self.echo)
+            self.progress = Progress(len(children))
+            self.run_all(children)
+            return [self.run_data(c) for c in children], self.stopping
+        trials = self.plan.trials(entries, grid.points(), self.registry, self.echo)
+        self.progress = Progress(len(trials) + len(entries) * self.seeds)
+        self.run_all(trials, "tune ")
+        self.trials = trials
+        finals, tags, unplaced = [], {}, []
+        for e in entries:
+            mine = {tuple(p): self.run_data(c) for p, c in zip(_points(grid, len(entries)), trials) if c.entry.label == e.label}
+            choice = choose(e.label, grid, mine) if not self.stopping else Choice(e.label, error="tuning interrupted")
+            self.choices.append(choice)
+            if choice.best is None:
+                unplaced.append(e)
+                continue
+            final = replace(e, sets=(*e.sets, *point_sets(choice.best)))
+            finals.append(final)
+            tags[final] = {"blagpt.tuned": tuned_tag(choice)}
+            if not self.stopping:
+                self.echo(f"tuned {e.label}: {tuned_tag(choice)} (tuning bpb {choice.best_score:.4f})")
+        children = self.plan.children(finals, self.registry, self.echo, tags=tags) if not self.stopping else []
+        self.progress.total = len(trials) + len(children) + len(unplaced) * self.seeds
+        self.run_all(children)
+        data = [self.run_data(c) for c in children]
+        base_seed = int(section(self.base_raw, "train").get("seed", 0))
+        for e in unplaced:
+            why = next(c.error for c in self.choices if c.label == e.label)
+            data += [RunData(name=f"{e.model}-untuned.s{base_seed + s}", entry=e.label, seed=base_seed + s, status="NOT RUN", error=why)
+                     for s in range(self.seeds)]
+        return data, self.stopping
 
-    def child_job(self, child: Child, tag: str) -> Job:
+    def run_all(self, children: list[Child], what: str = "") -> None:
+        self.executor.run([self.child_job(c, what) for c in children], self.supervisor)
+        self.state.save(self.seeds)
+
+    def child_job(self, child: Child, what: str = "") -> Job:
         """The child as a :class:`~.executor.Job`: its ``blagpt train`` arguments when it starts
         (None: nothing to do), its record when it ends."""
         run = RunDir(self.dir / child.name)
-        return Job(child.name, lambda: self.start_child(child, run, tag),
-                   lambda outcome, seconds: self.record(child, run.refresh(), outcome, seconds))
+
+        def done(outcome, seconds: float) -> None:
+            self.progress.trained(seconds)
+            self.record(child, run.refresh(), outcome, seconds)
+
+        return Job(child.name, lambda: self.start_child(child, run, f"[{self.progress.next()}] {what}"), done)
 
     def start_child(self, child: Child, run: RunDir, tag: str) -> list[str] | None:
-        head = f"{tag} {child.entry.label} seed {child.seed}"
+        point = f" {child.tags['blagpt.trial']}" if "blagpt.trial" in child.tags else ""
+        head = f"{tag}{child.entry.label}{point} seed {child.seed}"
         if child.config is None:
             self.echo(f"{head}: FAILED before start: {child.error}")
             return None
@@ -105,8 +153,11 @@ class Bench:
         status = run.status if run.exists() else None
         who = "" if isinstance(self.executor, Sequential) else f" {child.name}"  # runs beside each other: say which
         if outcome.rc == 0 and status == "FINISHED":
-            final = _last_eval(run)
-            self.echo(f"    ->{who} val bpb {final:.4f} ({seconds:.0f} s)" if final is not None else f"    ->{who} finished")
+            on = child.config.train.eval_on
+            final = _last_eval(run, on)
+            eta = self.progress.eta()
+            self.echo((f"    ->{who} {on} bpb {final:.4f} ({seconds:.0f} s)" if final is not None else f"    ->{who} finished")
+                      + (f"; about {eta} left" if eta else ""))
         elif outcome.stopping or status == "KILLED":
             self.supervisor.stopping = True
             self.echo(f"    ->{who} stopped; run the same command again to resume it from its last checkpoint")
@@ -120,7 +171,7 @@ class Bench:
         cfg = child.config.model_copy(deep=True)
         cfg.train.out_dir = str(self.dir)
         cfg.tracking.run_name = child.name
-        tags = {**cfg.tracking.tags, "blagpt.bench": self.name, "blagpt.entry": child.entry.label}
+        tags = {**cfg.tracking.tags, **child.tags, "blagpt.bench": self.name, "blagpt.entry": child.entry.label}
         if self.parent.run_id:
             tags["mlflow.parentRunId"] = self.parent.run_id
         cfg.tracking.tags = tags
@@ -142,11 +193,41 @@ class Bench:
         fields = dict(name=child.name, entry=child.entry.label, seed=child.seed, status=meta.get("status", "NOT RUN"),
                       params=meta.get("params", {}), error=child.error or self.state.failures.get(child.name),
                       run_id=meta.get("mlflow_run_id"))
+        fields["tags"] = {**child.tags, **meta.get("tags", {})}
         if child.config is None or not meta:
             return RunData(**fields)
         return RunData.from_metrics(run.metrics.read(), **fields)
 
 
-def _last_eval(run: RunDir) -> float | None:
-    vals = [r["value"] for r in run.metrics.read() if r["key"] == "val/bpb"]
+def _points(grid: Grid, n_entries: int):
+    """The grid point of each trial, in :meth:`Plan.trials` order (point-major)."""
+    for point in grid.points():
+        for _ in range(n_entries):
+            yield point
+
+
+def _last_eval(run: RunDir, on: str = "val") -> float | None:
+    vals = [r["value"] for r in run.metrics.read() if r["key"] == f"{on}/bpb"]
     return vals[-1] if vals else None
+
+
+class Progress:
+    """The bench's place among its runs, and the time left at the pace of the runs trained so far
+    in this attempt (runs found finished cost nothing and do not count)."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.seconds = total, 0, []
+
+    def next(self) -> str:
+        self.done += 1
+        return f"{self.done}/{self.total}"
+
+    def trained(self, seconds: float) -> None:
+        self.seconds.append(seconds)
+
+    def eta(self) -> str | None:
+        left = self.total - self.done
+        if not self.seconds or left <= 0:
+            return None
+        s = left * sum(self.seconds) / len(self.seconds)
+        return f"{s / 3600:.1f} h" if s >= 5400 else f"{s / 60:.0f} min" if s >= 90 else f"{s:.0f} s"

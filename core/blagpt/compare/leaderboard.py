@@ -4,9 +4,13 @@ Runs arrive as :class:`RunData`, read either from run folders (``bench``, ``abla
 MLflow (``compare``); both readers fill the same fields from the same logged metrics, so the table
 of a bench and the table ``blagpt compare`` makes of its MLflow runs agree.
 
-Statistics: mean and sample standard deviation (n - 1) over seeds; with two or more seeds on both
-sides, a one-sided Welch t-test of "this entry's val bpb is lower than the baseline's" (Welch 1947,
-unequal variances, Welch-Satterthwaite degrees of freedom).
+Statistics: mean, sample standard deviation (n - 1) and the 95% Student-t confidence interval of
+the mean over seeds; with two or more seeds on both sides, a one-sided Welch t-test of "this
+entry's val bpb is lower than the baseline's" (Welch 1947, unequal variances, Welch-Satterthwaite
+degrees of freedom), and, since one baseline is compared with many entries at once, the p-values
+adjusted by Holm's step-down method (Holm 1979), which keeps the chance of any false "better"
+at 5% over the whole table. A p-value from fewer than 3 seeds on a side is flagged: with 2 seeds
+the variance estimate has one degree of freedom and the test has little power.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-SERIES_KEYS = ("val/loss", "val/bpb", "val/bytes", "train/tokens", "train/elapsed_s")
+SERIES_KEYS = ("val/loss", "val/bpb", "val/bytes", "tune/loss", "tune/bpb", "tune/bytes", "train/tokens", "train/elapsed_s",
+               "train/flops")
+FEW_SEEDS = 3  # p-values from fewer seeds than this on a side are flagged
 SCALAR_KEYS = ("train/tokens_per_s", "train/peak_mem_mb")
 
 
@@ -42,10 +48,15 @@ class RunData:
     peak_mem_mb: float | None = None
     error: str | None = None
     run_id: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return self.status == "FINISHED" and bool(self.evals) and self.error is None
+
+    def score(self, slice_name: str = "val") -> float | None:
+        """The final evaluation's bpb on ``slice_name`` (``val``, or ``tune`` for tuning trials)."""
+        return self.final.get(f"{slice_name}/bpb")
 
     @property
     def final(self) -> dict[str, float]:
@@ -65,8 +76,33 @@ class RunData:
                 tps.append(float(r["value"]))
             elif r["key"] == "train/peak_mem_mb":
                 mem.append(float(r["value"]))
-        evals = [{"step": s, **v} for s, v in sorted(by_step.items()) if "val/bpb" in v]
+        evals = [{"step": s, **v} for s, v in sorted(by_step.items()) if "val/bpb" in v or "tune/bpb" in v]
         return cls(evals=evals, tokens_per_s=statistics.median(tps) if tps else None, peak_mem_mb=max(mem) if mem else None, **fields)
+
+
+def _param(params: dict[str, Any], key: str) -> str | None:
+    v = params.get(key)
+    return None if v in (None, "None", "") else str(v)
+
+
+def terms(r: RunData) -> tuple[str, str]:
+    """What must be equal for two runs to be compared: (budget, validation text), in words."""
+    p = r.params
+    budget = next((f"{k}={_param(p, f'train.{k}')}" for k in ("tokens", "flops", "time_s", "steps") if _param(p, f"train.{k}")), "budget ?")
+    text = _param(p, "data.val") or "the embedded corpus"
+    on = _param(p, "train.eval_on") or "val"
+    size = f"{int(float(_param(p, 'train.eval_bytes'))):,} bytes" if _param(p, "train.eval_bytes") else \
+        f"{_param(p, 'train.eval_tokens') or '?'} {_param(p, 'tokenizer') or '?'} tokens"
+    return budget, f"{size} of {text}" + ("" if on == "val" else f" ({on} slice)")
+
+
+def comparable_groups(runs: list[RunData]) -> list[tuple[tuple[str, str], list[RunData]]]:
+    """``runs`` split by :func:`terms`, in order of first appearance: only runs of one group may
+    share a table or a plot."""
+    groups: dict[tuple[str, str], list[RunData]] = {}
+    for r in runs:
+        groups.setdefault(terms(r), []).append(r)
+    return list(groups.items())
 
 
 def welch_p_less(a: list[float], b: list[float]) -> float | None:
@@ -104,6 +140,27 @@ def diff_band(a: list[float], b: list[float], level: float = 0.95) -> float | No
     return float(q * math.sqrt(va + vb))
 
 
+def ci_half_width(values: list[float], level: float = 0.95) -> float | None:
+    """Half-width of the two-sided Student-t confidence interval of the mean of ``values``."""
+    if len(values) < 2:
+        return None
+    from scipy.stats import t as student_t
+
+    return float(student_t.ppf(0.5 + level / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values)))
+
+
+def holm(p_values: dict[str, float]) -> dict[str, float]:
+    """Holm-Bonferroni adjusted p-values (step-down): sorted ascending, the i-th smallest of m is
+    multiplied by m - i (i from 0), made non-decreasing in that order and capped at 1. An entry is
+    better than the baseline at family-wise level a when its adjusted p is at most a."""
+    order = sorted(p_values, key=lambda k: p_values[k])
+    m, out, running = len(order), {}, 0.0
+    for i, k in enumerate(order):
+        running = max(running, min(1.0, (m - i) * p_values[k]))
+        out[k] = running
+    return out
+
+
 @dataclass
 class EntryStats:
     """One leaderboard row: an entry's runs over seeds, summarised."""
@@ -114,10 +171,20 @@ class EntryStats:
     optimizer: str = "-"
     tokenizer: str = "-"
     n_params: float | None = None
+    n_params_core: float | None = None  # without embedding tables and output head
+    tuned: str = "-"
     bpb: list[float] = field(default_factory=list)
     loss: list[float] = field(default_factory=list)
     p_value: float | None = None
+    p_holm: float | None = None
+    few_seeds: bool = False  # p from fewer than FEW_SEEDS seeds on a side
     baseline: bool = False
+
+    @property
+    def ci(self) -> tuple[float, float] | None:
+        """95% confidence interval of the mean val bpb over seeds (2+ seeds)."""
+        h = ci_half_width(self.bpb)
+        return None if h is None else (statistics.fmean(self.bpb) - h, statistics.fmean(self.bpb) + h)
 
     @property
     def ok_runs(self) -> list[RunData]:
@@ -153,8 +220,10 @@ def summarize(runs: list[RunData], order: list[str], baseline: str | None = None
             e.optimizer = str(ref.params.get("optimizer.name", "-"))
             e.tokenizer = str(ref.params.get("tokenizer", "-"))
             e.n_params = _float(ref.params.get("n_params"))
-        e.bpb = [r.final["val/bpb"] for r in e.ok_runs]
-        e.loss = [r.final["val/loss"] for r in e.ok_runs]
+            e.n_params_core = _float(ref.params.get("n_params_non_embedding"))
+            e.tuned = ref.tags.get("blagpt.tuned", "-")
+        e.bpb = [r.final["val/bpb"] for r in e.ok_runs if "val/bpb" in r.final]
+        e.loss = [r.final["val/loss"] for r in e.ok_runs if "val/loss" in r.final]
     base = baseline or (order[0] if order else None)
     if base is not None and base not in rows:
         from ..errors import BlagptError
@@ -164,15 +233,27 @@ def summarize(runs: list[RunData], order: list[str], baseline: str | None = None
         e.baseline = e.label == base
         if base is not None and not e.baseline:
             e.p_value = welch_p_less(e.bpb, rows[base].bpb)
+            e.few_seeds = e.p_value is not None and min(len(e.bpb), len(rows[base].bpb)) < FEW_SEEDS
+    adjusted = holm({e.label: e.p_value for e in rows.values() if e.p_value is not None})
+    for label, p in adjusted.items():
+        rows[label].p_holm = p
     return sorted(rows.values(), key=lambda e: (not e.bpb, e.mean(e.bpb) if e.bpb else 0.0))
 
 
 # -- tables ------------------------------------------------------------------------------------
 
 COLUMNS = (
-    "entry", "model", "optimizer", "tokenizer", "params", "val loss (nats/token)", "val bpb",
-    "p vs baseline", "tokens/s", "peak mem (MiB)", "wall (s)", "tokens", "seeds", "status",
+    "entry", "model", "optimizer", "tokenizer", "tuned", "params", "params w/o emb.", "train FLOPs",
+    "val loss (nats/token)", "val bpb", "95% CI", "p vs baseline", "p (Holm)", "tokens/s", "peak mem (MiB)",
+    "wall (s)", "tokens", "seeds", "status",
 )
+# the terminal's table: what fits 100 columns (the files hold every column)
+TERMINAL_COLUMNS = ("entry", "params w/o emb.", "val bpb", "95% CI", "p (Holm)", "tokens/s", "seeds", "status")
+TERMINAL_HEADERS = {"params w/o emb.": "params"}
+
+
+def _p(p: float | None, few: bool) -> str:
+    return "-" if p is None else f"{p:.3g}" + ("*" if few else "")
 
 
 def table_rows(entries: list[EntryStats]) -> list[list[str]]:
@@ -181,15 +262,21 @@ def table_rows(entries: list[EntryStats]) -> list[list[str]]:
     for e in entries:
         ok, n = len(e.ok_runs), len(e.runs)
         status = "ok" if ok == n and n else "; ".join(e.errors) or "not run"
+        ci = e.ci
         out.append([
             e.label + (" (baseline)" if e.baseline else ""),
             e.model,
             e.optimizer,
             e.tokenizer,
+            e.tuned,
             _si(e.n_params),
+            _si(e.n_params_core),
+            _sci(e.of_runs(lambda r: r.final.get("train/flops"))),
             _mean_std(e.mean(e.loss), e.std(e.loss)),
             _mean_std(e.mean(e.bpb), e.std(e.bpb)),
-            "-" if e.p_value is None else f"{e.p_value:.3g}",
+            "-" if ci is None else f"[{ci[0]:.4f}, {ci[1]:.4f}]",
+            _p(e.p_value, e.few_seeds),
+            _p(e.p_holm, e.few_seeds),
             _fmt(e.of_runs(lambda r: r.tokens_per_s), "{:,.0f}"),
             _fmt(e.of_runs(lambda r: r.peak_mem_mb), "{:,.0f}"),
             _fmt(e.of_runs(lambda r: r.final.get("train/elapsed_s")), "{:,.1f}"),
@@ -198,6 +285,30 @@ def table_rows(entries: list[EntryStats]) -> list[list[str]]:
             status,
         ])
     return out
+
+
+def terminal_table(entries: list[EntryStats], width: int = 100) -> str:
+    """The leaderboard's main columns, each line at most ``width`` characters: long entry labels
+    and statuses are shortened (leaderboard.md and .csv keep them whole)."""
+    idx = [COLUMNS.index(c) for c in TERMINAL_COLUMNS]
+    rows = [[r[i] for i in idx] for r in table_rows(entries)]
+    header = [TERMINAL_HEADERS.get(c, c) for c in TERMINAL_COLUMNS]
+    def natural(i: int) -> int:
+        return max(len(r[i]) for r in [header, *rows])
+
+    fixed = sum(natural(i) + 2 for i in range(1, len(header) - 1))
+    entry_w, status_w = natural(0), natural(len(header) - 1)
+    status_w = max(6, min(status_w, width - fixed - entry_w - 2))  # the status gives way first
+    entry_w = max(12, min(entry_w, width - fixed - status_w - 2))
+    for r in rows:
+        r[0], r[-1] = _shorten(r[0], entry_w), _shorten(r[-1], status_w)
+    lines = text_table(header, rows).splitlines()
+    lines.append("params: without embeddings" + ("; * p from fewer than 3 seeds on a side" if any(e.few_seeds for e in entries) else ""))
+    return "\n".join(ln[:width] for ln in lines)
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def text_table(header: Iterable[str], rows: list[list[str]]) -> str:
@@ -218,77 +329,103 @@ def csv_table(entries: list[EntryStats]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow([
-        "entry", "model", "optimizer", "tokenizer", "params", "val_loss_mean", "val_loss_std", "val_bpb_mean",
-        "val_bpb_std", "p_value", "tokens_per_s", "peak_mem_mb", "wall_s", "tokens", "seeds_ok", "seeds", "errors",
+        "entry", "model", "optimizer", "tokenizer", "tuned", "params", "params_non_embedding", "train_flops",
+        "val_loss_mean", "val_loss_std", "val_bpb_mean", "val_bpb_std", "val_bpb_ci95_lo", "val_bpb_ci95_hi",
+        "p_value", "p_holm", "p_few_seeds", "tokens_per_s", "peak_mem_mb", "wall_s", "tokens", "seeds_ok", "seeds", "errors",
     ])
     for e in entries:
+        ci = e.ci or (None, None)
         w.writerow([
-            e.label, e.model, e.optimizer, e.tokenizer, _num(e.n_params), _num(e.mean(e.loss)), _num(e.std(e.loss)),
-            _num(e.mean(e.bpb)), _num(e.std(e.bpb)), _num(e.p_value), _num(e.of_runs(lambda r: r.tokens_per_s)),
+            e.label, e.model, e.optimizer, e.tokenizer, "" if e.tuned == "-" else e.tuned, _num(e.n_params),
+            _num(e.n_params_core), _num(e.of_runs(lambda r: r.final.get("train/flops"))), _num(e.mean(e.loss)),
+            _num(e.std(e.loss)), _num(e.mean(e.bpb)), _num(e.std(e.bpb)), _num(ci[0]), _num(ci[1]), _num(e.p_value),
+            _num(e.p_holm), int(e.few_seeds) if e.p_value is not None else "", _num(e.of_runs(lambda r: r.tokens_per_s)),
             _num(e.of_runs(lambda r: r.peak_mem_mb)), _num(e.of_runs(lambda r: r.final.get("train/elapsed_s"))),
             _num(e.of_runs(lambda r: r.final.get("train/tokens"))), len(e.ok_runs), len(e.runs), "; ".join(e.errors),
         ])
     return buf.getvalue()
 
 
-def write_leaderboard(entries: list[EntryStats], out_dir: Path, title: str, note: str = "") -> dict[str, Path]:
-    """``leaderboard.md``, ``leaderboard.csv`` and the two plots in ``out_dir``; returns their paths."""
+def write_leaderboard(entries: list[EntryStats], out_dir: Path, title: str, note: str = "", budget: str = "") -> dict[str, Path]:
+    """``leaderboard.md``, ``leaderboard.csv`` and the plots in ``out_dir``; returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = table_rows(entries)
     paths = {"md": out_dir / "leaderboard.md", "csv": out_dir / "leaderboard.csv"}
     paths["md"].write_text(f"# {title}\n\n{note}\n\n" + markdown_table(COLUMNS, rows))
     paths["csv"].write_text(csv_table(entries))
-    paths.update(plot_curves(entries, out_dir))
+    paths.update(plot_curves(entries, out_dir, budget))
     return paths
 
 
 # -- plots -------------------------------------------------------------------------------------
 
+DPI = 150
 
-def mean_curve(runs: list[RunData], x_key: str) -> tuple[list[float], list[float], list[float]]:
-    """x, mean val bpb and its standard deviation over ``runs`` at each evaluation.
+
+def mean_curve(runs: list[RunData], x_key: str, y_key: str = "val/bpb") -> tuple[list[float], list[float], list[float]]:
+    """x, mean ``y_key`` and its standard deviation over ``runs`` at each evaluation.
 
     Evaluations are aligned by index, the last point being every run's final evaluation (under a
     step or token budget all seeds evaluate at the same steps; under a time budget the step counts
     differ and the final points still line up)."""
-    series = [r.evals for r in runs if r.evals]
+    series = [[p for p in r.evals if y_key in p] for r in runs]
+    series = [s for s in series if s]
     if not series:
         return [], [], []
     n = min(len(s) for s in series)
     xs, ys, sds = [], [], []
     for i in range(n):
         pts = [s[i] if i < n - 1 else s[-1] for s in series]
-        vals = [p["val/bpb"] for p in pts]
+        vals = [p[y_key] for p in pts]
         xs.append(statistics.fmean(p.get(x_key, math.nan) for p in pts))
         ys.append(statistics.fmean(vals))
         sds.append(statistics.stdev(vals) if len(vals) >= 2 else 0.0)
     return xs, ys, sds
 
 
-def plot_curves(entries: list[EntryStats], out_dir: Path) -> dict[str, Path]:
-    """Val bpb against tokens and against training wall time: one line per entry (mean over
-    seeds) with a band of one standard deviation."""
+def new_figure(width: float = 8.5, height: float = 4.5):
+    """A figure for the leaderboards' plots (non-interactive backend, :data:`DPI`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, ax = plt.subplots(figsize=(width, height), dpi=DPI)
+    return plt, fig, ax
+
+
+def legend_outside(ax) -> None:
+    """The legend to the right of the axes, never over the curves."""
+    if ax.lines or ax.collections:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
+
+
+def plot_curves(entries: list[EntryStats], out_dir: Path, budget: str = "") -> dict[str, Path]:
+    """Val bpb against training tokens, FLOPs (when the models report them) and wall time: one
+    line per entry (mean over seeds) with a band of one standard deviation; token and FLOP axes
+    are logarithmic."""
     out = {}
-    for key, x_key, xlabel in (("tokens", "train/tokens", "training tokens"), ("time", "train/elapsed_s", "training wall time (s)")):
-        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    axes = [("tokens", "train/tokens", "training tokens", True), ("time", "train/elapsed_s", "training wall time (s)", False)]
+    if any(r.final.get("train/flops") for e in entries for r in e.ok_runs):
+        axes.insert(1, ("flops", "train/flops", "training FLOPs", True))
+    for key, x_key, xlabel, log_x in axes:
+        plt, fig, ax = new_figure()
         for e in entries:
             xs, ys, sds = mean_curve(e.ok_runs, x_key)
-            if not xs:
+            keep = [i for i, x in enumerate(xs) if math.isfinite(x) and (x > 0 or not log_x)]
+            if not keep:
                 continue
+            xs, ys, sds = [xs[i] for i in keep], [ys[i] for i in keep], [sds[i] for i in keep]
             (line,) = ax.plot(xs, ys, marker="o", markersize=3, label=f"{e.label} (n={len(e.ok_runs)})")
             if len(e.ok_runs) >= 2:
                 ax.fill_between(xs, [y - s for y, s in zip(ys, sds)], [y + s for y, s in zip(ys, sds)], color=line.get_color(), alpha=0.2)
-        ax.set_xlabel(xlabel)
+        if log_x and ax.lines:
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel + (" (log scale)" if log_x else ""))
         ax.set_ylabel("val bits per byte")
-        ax.set_title(f"val bpb against {xlabel} (mean ± 1 sd over seeds)")
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=7)
+        ax.set_title(f"val bpb against {xlabel}" + (f", budget {budget}" if budget else "") + " (mean ± 1 sd over seeds)", fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+        legend_outside(ax)
         fig.tight_layout()
         path = out_dir / f"bpb_vs_{key}.png"
         fig.savefig(path)
@@ -319,6 +456,10 @@ def _mean_std(m: float | None, s: float | None) -> str:
     if m is None:
         return "-"
     return f"{m:.4f}" + (f" ± {s:.4f}" if s is not None else "")
+
+
+def _sci(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3g}"
 
 
 def _si(v: float | None) -> str:

@@ -47,9 +47,14 @@ def find_runs(client, refs: list[str], experiment: str) -> list[Any]:
     return list(found.values())
 
 
+def is_trial(run) -> bool:
+    """A bench's tuning trial (scored on the tuning slice, not a leaderboard run)."""
+    return run.data.tags.get("blagpt.role") == "trial"
+
+
 def run_data(client, runs: list[Any]) -> tuple[list[RunData], list[str]]:
-    """:class:`RunData` of each run from its MLflow params and metric histories, and the entry
-    labels in order of first appearance (oldest run first)."""
+    """:class:`RunData` of each run from its MLflow params, tags and metric histories, and the
+    entry labels in order of first appearance (oldest run first)."""
     runs = sorted(runs, key=lambda r: r.info.start_time or 0)
     keys = {r.info.run_id: _identity(r) for r in runs}
     labels: dict[tuple, str] = {}
@@ -76,7 +81,8 @@ def run_data(client, runs: list[Any]) -> tuple[list[RunData], list[str]]:
         except ValueError:
             seed = 0
         out.append(RunData.from_metrics(rows, name=r.info.run_name, entry=label, seed=seed, status=r.info.status,
-                                        params=params, run_id=r.info.run_id, error=r.data.tags.get("blagpt.error")))
+                                        params=params, run_id=r.info.run_id, error=r.data.tags.get("blagpt.error"),
+                                        tags=dict(r.data.tags)))
     return out, order
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -45,6 +45,7 @@ class Child:
     name: str = ""
     config: Any = None  # the resolved RunConfig, or None when it does not resolve
     error: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)  # MLflow tags of the run (a tuning trial's point, ...)
 
 
 def parse_models(text: str, optimizers: list[str], tokenizers: list[str] | None = None) -> list[Entry]:
@@ -134,15 +135,18 @@ class Plan:
         self.tracking_enabled = tracking.get("enabled", True) is not False
         self.tracking_uri = tracking.get("uri")
         self.experiment = tracking.get("experiment", "blagpt")
+        self._warned = False
 
-    def children(self, entries: list[Entry], registry, echo: Callable[[str], None]) -> list[Child]:
-        """Every entry at every seed, resolved (a config error fails that entry only); seed-major
-        order, so every entry has a first result before any has a second."""
+    def children(self, entries: list[Entry], registry, echo: Callable[[str], None], seeds: int | None = None,
+                 tags: dict[Entry, dict[str, str]] | None = None) -> list[Child]:
+        """Every entry at every seed (``seeds``, default the plan's), resolved (a config error fails
+        that entry only); seed-major order, so every entry has a first result before any has a
+        second. ``tags``: extra MLflow tags of an entry's runs."""
         base_seed = int(section(self.base_raw, "train").get("seed", 0))
         out = []
-        for s in range(self.seeds):
+        for s in range(self.seeds if seeds is None else seeds):
             for e in entries:
-                child = Child(e, base_seed + s)
+                child = Child(e, base_seed + s, tags=dict((tags or {}).get(e, {})))
                 sets = [f"model.name={e.model}", f"optimizer.name={e.optimizer}", *e.sets, f"train.seed={child.seed}"]
                 try:
                     cfg = resolve(merge_sources(base=self.base_raw, sets=sets), registry)
@@ -151,7 +155,21 @@ class Plan:
                 else:
                     child.config, child.name = cfg, f"{e.model}-{config_digest(cfg)}.s{child.seed}"
                 out.append(child)
-        _warn_unequal(out, registry, echo)
+        if not self._warned:
+            self._warned = True
+            _warn_unequal(out, registry, echo)
+        return out
+
+    def trials(self, entries: list[Entry], points: list[tuple[tuple[str, str], ...]], registry, echo: Callable[[str], None]) -> list[Child]:
+        """Tuning trials: every entry at every grid point, one run each at the first seed, scored
+        on the tuning slice (``train.eval_on=tune``); point-major order."""
+        out = []
+        for point in points:
+            sets = tuple(f"{k}={v}" for k, v in point)
+            trial_entries = [replace(e, sets=(*e.sets, *sets, "train.eval_on=tune")) for e in entries]
+            label = " ".join(sets)
+            tags = {e: {"blagpt.role": "trial", "blagpt.trial": label} for e in trial_entries}
+            out += self.children(trial_entries, registry, echo, seeds=1, tags=tags)
         return out
 
 

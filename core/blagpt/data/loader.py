@@ -144,24 +144,41 @@ class ValSlice:
     valid: torch.Tensor
 
 
-def val_slice(stream: TokenStream, seq_len: int, rank: int, world: int, tokenizer, max_tokens: int | None = None, max_bytes: int | None = None) -> ValSlice:
-    """The fixed validation slice: the start of the validation stream, every token of it predicted.
+def val_slice(stream: TokenStream, seq_len: int, rank: int, world: int, tokenizer, max_tokens: int | None = None,
+              max_bytes: int | None = None, which: str = "val") -> ValSlice:
+    """The fixed validation slice (``which="val"``): the start of the validation stream, every
+    token of it predicted; or the tuning slice (``which="tune"``): as much text at the end of the
+    stream, which must not overlap the validation slice.
 
     ``max_tokens``: that many predicted tokens. ``max_bytes``: the slice ends at the last line
-    start at or before that many bytes of text where a non-space character follows a newline. BPE
+    start at or before that many bytes of text where a non-space character follows a newline (the
+    tuning slice begins at the first such line start within that many bytes of the end). BPE
     (GPT-2's pre-tokenizer splits there) and bytes both have a token boundary at such a point, so
     every tokenizer evaluates exactly the same text and counts the same bytes. Sequences of
     ``seq_len + 1`` tokens (stride ``seq_len``) are dealt to ranks round-robin.
     """
     total = len(stream)
-    if max_bytes is not None:
-        head = stream.read(0, min(total, max_bytes + 1024))
-        n = _byte_cut(head, tokenizer, max_bytes)
-    else:
-        n = min(total, int(max_tokens) + 1)
+    n = _head_length(stream, tokenizer, max_tokens, max_bytes)
     if n < 2:
         raise DataError(f"{stream.pattern}: the validation slice holds {n} token(s); at least 2 are needed")
-    tokens = stream.read(0, n)
+    start = 0
+    if which == "tune":
+        if max_bytes is not None:
+            k = min(total, max_bytes + 1024)
+            start = total - k + _tail_cut(stream.read(total - k, k), tokenizer, max_bytes)
+        else:
+            start = max(0, total - (int(max_tokens) + 1))
+        if start < n:  # the tuning slice's first token is context only: it may be the validation slice's last
+            raise DataError(
+                f"{stream.pattern}: the validation split ({total:,} tokens) is too short for a tuning slice beside the "
+                f"validation slice ({n:,} tokens) without overlap; use a smaller train.eval_bytes / eval_tokens or more validation text"
+            )
+        n = total - start
+        if n < 2:
+            raise DataError(f"{stream.pattern}: the tuning slice holds {n} token(s); at least 2 are needed")
+    elif which != "val":
+        raise ValueError(f"which: expected 'val' or 'tune', got {which!r}")
+    tokens = stream.read(start, n)
     starts = list(range(0, n - 1, seq_len))
     rows = np.full((len(starts), seq_len + 1), tokenizer.eot, dtype=np.int64)
     valid = np.zeros(len(starts), dtype=np.int64)
@@ -171,6 +188,30 @@ def val_slice(stream: TokenStream, seq_len: int, rank: int, world: int, tokenize
         valid[i] = len(piece) - 1
     mine = slice(rank, None, world)
     return ValSlice(torch.from_numpy(rows[mine].copy()), torch.from_numpy(valid[mine].copy()))
+
+
+def _head_length(stream: TokenStream, tokenizer, max_tokens: int | None, max_bytes: int | None) -> int:
+    """How many tokens the validation slice (the start of the stream) holds."""
+    if max_bytes is not None:
+        return _byte_cut(stream.read(0, min(len(stream), max_bytes + 1024)), tokenizer, max_bytes)
+    return min(len(stream), int(max_tokens) + 1)
+
+
+def _tail_cut(tokens: np.ndarray, tokenizer, max_bytes: int) -> int:
+    """Index of the first token of ``tokens`` that starts a line (a non-space byte after a newline)
+    with at most ``max_bytes`` bytes of text from it to the end."""
+    text = tokenizer.decode_bytes(tokens)
+    starts = np.concatenate([[0], np.cumsum(tokenizer.token_bytes[tokens])])  # byte offset before each token
+    end, fallback = int(starts[-1]), None
+    for j in range(len(tokens)):
+        off = int(starts[j])
+        if end - off > max_bytes:
+            continue
+        if fallback is None:
+            fallback = j
+        if 0 < off < len(text) and text[off - 1] == 0x0A and not chr(text[off]).isspace():
+            return j
+    return fallback if fallback is not None else len(tokens)
 
 
 def _byte_cut(tokens: np.ndarray, tokenizer, max_bytes: int) -> int:

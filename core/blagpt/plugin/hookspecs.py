@@ -119,7 +119,10 @@ def build_model(name: str, config: "ModelConfig", ctx: "BuildContext") -> "torch
         ``forward(idx)`` maps (B, T) int64 token ids, for any T <= ``ctx.max_seq_len``, to (B, T, V)
         next-token logits with V >= ``ctx.vocab_size``, and which is causal: outputs at position t
         depend only on tokens <= t. Optionally the module has ``flops_per_token(seq_len) -> float``
-        (forward + backward FLOPs per trained token), used for MFU and iso-FLOP budgets.
+        (forward + backward FLOPs per trained token), used for MFU and iso-FLOP budgets, and
+        incremental decoding: ``init_cache(batch_size)`` (an empty cache, or ``None`` when the config
+        cannot decode incrementally) with ``forward(idx, cache=cache)`` continuing the cached tokens
+        and giving the logits the full forward would (``blagpt sample`` uses it; docs/plugins.md).
 
     firstresult: the first non-``None`` result is used.
     """

@@ -1,4 +1,4 @@
-"""Validation: nats per token and bits per byte on the fixed validation slice.
+"""Validation: nats per token and bits per byte on the fixed validation slice (or the tuning slice).
 
 Every model is scored on the same quantity, the next-token negative log-likelihood its
 ``compute_loss`` returns (``LossOutput.nll``), whatever its training objective. Bits per byte
@@ -26,10 +26,12 @@ class Evaluator:
     """
 
     def __init__(self, val: ValSlice, token_bytes, micro_batch: int, seq_len: int, dist: Dist,
-                 autocast: AbstractContextManager, compute_loss, model_config, lockstep: bool = False) -> None:
+                 autocast: AbstractContextManager, compute_loss, model_config, prefix: str = "val",
+                 lockstep: bool = False) -> None:
         self.val, self.micro_batch, self.seq_len, self.dist, self.lockstep = val, micro_batch, seq_len, dist, lockstep
         self.token_bytes = torch.from_numpy(token_bytes).to(dist.device)
         self.autocast, self.compute_loss, self.model_config = autocast, compute_loss, model_config
+        self.prefix = prefix  # "val", or "tune" for the tuning slice
 
     def __call__(self, model: torch.nn.Module) -> dict[str, float]:
         device = self.dist.device
@@ -58,9 +60,10 @@ class Evaluator:
             model.train()
         self.dist.all_sum(nll_sum)
         self.dist.all_sum(counts)
+        p = self.prefix
         return {
-            "val/loss": float(nll_sum / counts[0]),
-            "val/bpb": float(nll_sum / (math.log(2) * counts[1])),
-            "val/tokens": float(counts[0]),
-            "val/bytes": float(counts[1]),
+            f"{p}/loss": float(nll_sum / counts[0]),
+            f"{p}/bpb": float(nll_sum / (math.log(2) * counts[1])),
+            f"{p}/tokens": float(counts[0]),
+            f"{p}/bytes": float(counts[1]),
         }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -17,7 +18,7 @@ from typing import Any, Callable
 from ..errors import BlagptError
 from .resume import Resume
 from .rundir import RunDir
-from .tracking import Tracker, loss_curve_png, mark_restart, provenance_tags
+from .tracking import CONSTANT_METRICS, Tracker, loss_curve_png, mark_restart, provenance_tags, run_description
 
 
 class Recorder:
@@ -26,10 +27,12 @@ class Recorder:
         self.run: RunDir | None = None
         self.tracker: Tracker | None = None
         self.created = False  # this process made the folder (removed again if the run fails before it starts)
+        self.claimed_ms = int(time.time() * 1000)  # the run's start, if it starts here (MLflow's start time)
 
     def claim(self, resume: Resume | None, restart: bool) -> RunDir:
         """Lock the run folder: the resumed run's, or ``<out_dir>/<run name>`` for a new run (a name
         with a checkpoint or a finished run is taken unless ``restart``)."""
+        self.claimed_ms = int(time.time() * 1000)
         if resume is not None:
             self.run = resume.run
             self.run.take_ownership()
@@ -53,22 +56,38 @@ class Recorder:
             self.say(f"{run.path}: starting this run again from step 0")
         return run
 
-    def start(self, step: int, resumed_from: int | None, budget, params: dict[str, Any], registry, datasets=()) -> None:
-        """The record of a run that starts training at ``step``, and its MLflow mirror."""
+    def start(self, step: int, resumed_from: int | None, budget, params: dict[str, Any], registry, datasets=(),
+              tokenizer: str | None = None, budget_text: str | None = None) -> None:
+        """The record of a run that starts training at ``step``, and its MLflow mirror. Params whose
+        value is None (an unset option) are left out, and so is ``tracking.uri`` (where the record
+        goes, not what was trained: a run resumed on another machine may reach the same server
+        by another name, and a changed param would replace its MLflow run)."""
         cfg, run = self.cfg, self.run
+        params = {k: v for k, v in params.items() if v is not None and k != "tracking.uri"}
         run.config_file.write_text(cfg.to_yaml())
         kept = run.metrics.keep_until(step)
         mark_restart(run, kept, params)
         tags = {k: v for k, v in run.meta.get("tags", {}).items() if k != "blagpt.error"}  # an earlier attempt's
+        kept_params = {k: v for k, v in run.meta.get("params", {}).items() if k in CONSTANT_METRICS and kept}
+        started = run.meta.get("start_time_ms") if resumed_from is not None else None  # a new start (or --restart): now
         run.update(run_name=run.name, kind="train", experiment=cfg.tracking.experiment, model=cfg.model.name,
                    requested_tracking_uri=cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI"), status="RUNNING",
-                   steps_planned=budget.steps, budget=budget.describe(), tags=tags, resumed_from=resumed_from)
+                   steps_planned=budget.steps, budget=budget.describe(), tags=tags, resumed_from=resumed_from,
+                   params=kept_params, start_time_ms=started or self.claimed_ms, optimizer=cfg.optimizer.name,
+                   preset=getattr(cfg.model, "preset", None))
         if list(datasets) != run.meta.get("inputs"):
             run.update(inputs=list(datasets), inputs_synced=False)
         t = cfg.tracking
-        self.tracker = Tracker(run, t.uri, t.experiment, run.name, t.timeout_s, t.enabled)
-        self.tracker.log_params(params, provenance_tags(registry, cfg))
+        self.tracker = Tracker(run, t.uri, t.experiment, run.name, t.timeout_s, t.enabled,
+                               t.system_metrics_interval_s if t.system_metrics else None)
+        tags = {**provenance_tags(registry, cfg, tokenizer), "mlflow.note.content": run_description(cfg, budget_text or budget.describe())}
+        self.tracker.log_params(params, tags)
         self.tracker.log_artifact(run.config_file)
+
+    def checkpointed(self) -> None:
+        """A checkpoint was written: the mirror uploads it (``tracking.log_checkpoints``)."""
+        if self.tracker is not None and self.cfg.tracking.log_checkpoints:
+            self.tracker.log_artifact(self.run.checkpoint_file)
 
     def log(self, step: int, row: dict[str, float]) -> None:
         if self.tracker is not None:

@@ -1,9 +1,12 @@
 """Text from a trained run: load its checkpoint, generate token ids, decode them as they come.
 
 :func:`load_run` rebuilds a run's model from the config saved in its ``checkpoint.pt`` (loaded
-weights-only) through the ``build_model`` hook and loads the weights. :func:`generate` samples one
-token at a time using nothing but the hook contract ``forward(idx) -> logits``: each step runs the
-full forward on the last ``context`` tokens. :class:`StreamDecoder` turns token ids into text as
+weights-only) through the ``build_model`` hook and loads the weights; :func:`load_model` does the
+same for a run or an export folder (``blagpt export``), the one entry point for commands that need
+a trained model and its tokenizer. :func:`generate` samples one token at a time: through the
+model's decoding cache when it offers one (``init_cache`` and ``forward(idx, cache=cache)``, see
+docs/plugins.md), otherwise with the full forward on the last ``context`` tokens at every step.
+:class:`StreamDecoder` turns token ids into text as
 they arrive, holding back the bytes of a UTF-8 character that a token ends in the middle of (every
 byte token does that for non-ASCII text, and so do some GPT-2 byte-level BPE tokens).
 :func:`stream_text` joins the two for the ``blagpt sample`` command.
@@ -32,8 +35,8 @@ class LoadedRun:
         model: the rebuilt model with the checkpoint's weights, in eval mode, on ``device``.
         tokenizer: the tokenizer the run trained with.
         context: the longest input the model was trained on (``train.seq_len``).
-        run_dir: the run folder.
-        step: the optimizer step the checkpoint was written at.
+        run_dir: the run folder (the export folder for a model loaded from ``blagpt export``).
+        step: the optimizer step the checkpoint was written at (for an export: its source's).
         config: the run's resolved config.
         device: where the model lives.
         autocast_bf16: whether the run trained under bf16 autocast on this device type (sampling
@@ -102,6 +105,32 @@ def load_run(
     return LoadedRun(model, tokenizer, cfg.train.seq_len, run_dir, int(state["step"]), cfg, dev, bf16)
 
 
+def load_model(
+    run: str | None = None,
+    weights: str | None = None,
+    out_dir: str = "runs",
+    device: str = "auto",
+    registry: Registry | None = None,
+) -> LoadedRun:
+    """A trained model and its tokenizer, from a run (``run``: as :func:`load_run` takes it) or
+    from an export folder (``weights``: what ``blagpt export`` wrote); exactly one of the two.
+    Errors are one line naming ``--run`` or ``--weights``."""
+    if (run is None) == (weights is None):
+        raise ConfigError("give either --run RUN or --weights DIR (an export folder), not both or neither")
+    if weights is not None:
+        from .export import load_export
+
+        return load_export(weights, device, registry)
+    return load_run(run, out_dir, device, registry)
+
+
+def decoding_cache(model: torch.nn.Module, batch_size: int = 1) -> Any | None:
+    """A fresh decoding cache of ``model`` (its optional ``init_cache(batch_size)``), or None when
+    the model offers none or its config cannot decode incrementally (``init_cache`` says None)."""
+    init = getattr(model, "init_cache", None)
+    return init(batch_size) if callable(init) else None
+
+
 @torch.no_grad()
 def generate(
     model: torch.nn.Module,
@@ -116,12 +145,18 @@ def generate(
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
     autocast_bf16: bool = False,
+    use_cache: bool = True,
 ) -> Iterator[int]:
     """Yield up to ``max_new_tokens`` new token ids continuing ``prompt``, one at a time.
 
-    Each step feeds the last ``context`` ids (prompt and generated ones) to ``model`` and reads
-    the logits of the last position; logits of ids ``>= vocab_size`` (a model's padded vocabulary)
-    are never chosen. ``temperature == 0`` picks the argmax; otherwise the logits are divided by
+    Each step reads the logits of the last position of the model run on the last ``context`` ids
+    (prompt and generated ones); logits of ids ``>= vocab_size`` (a model's padded vocabulary)
+    are never chosen. With ``use_cache`` and a model that offers a decoding cache
+    (:func:`decoding_cache`), the window is prefilled once and each new id is fed alone; when the
+    window is full (``context`` ids), the next step starts a new cache and prefills the last
+    ``context`` ids, so every step sees the same window as without the cache, whose logits the
+    conformance kit holds equal to 1e-5. Without a cache (or ``use_cache=False``) each step runs
+    the full forward on the window. ``temperature == 0`` picks the argmax; otherwise the logits are divided by
     ``temperature``, cut to the ``top_k`` largest (if given) and one id is drawn with
     ``generator`` (on ``device``), so a seeded generator gives the same ids every time. Sampling
     stops early, without yielding it, when ``eot`` is chosen.
@@ -137,9 +172,22 @@ def generate(
     device = torch.device(device)
     ids = torch.tensor(list(prompt), dtype=torch.long, device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16)
+    cached = use_cache and callable(getattr(model, "init_cache", None))
+    cache, filled = None, 0  # filled: ids the cache holds (0: prefill the window next)
     for i in range(max_new_tokens):
         with autocast:
-            logits = model(ids[-context:][None])
+            if cached and filled == 0:
+                cache = decoding_cache(model)
+                cached = cache is not None
+            if not cached:
+                logits = model(ids[-context:][None])
+            elif filled == 0:
+                window = ids[-context:]
+                logits = model(window[None], cache=cache)
+                filled = len(window)
+            else:
+                logits = model(ids[-1:][None], cache=cache)
+                filled += 1
         if logits.dim() != 3 or logits.shape[-1] < vocab_size:
             raise BlagptError(f"model returned logits of shape {tuple(logits.shape)}; expected (1, T, >= {vocab_size})")
         last = logits[0, -1, :vocab_size].float()
@@ -158,6 +206,8 @@ def generate(
             return
         yield nxt
         ids = torch.cat([ids[-context:], ids.new_tensor([nxt])])
+        if filled >= context:  # the window moves past what the cache holds: prefill it anew
+            filled = 0
 
 
 class StreamDecoder:

@@ -13,6 +13,16 @@ uploading until it dies), or starts again with other params, its MLflow run is *
 MLflow run with the same name and start time receives the folder's record, and the old one is
 deleted (to MLflow's trash, tagged ``blagpt.replaced_by``). ``run.json`` keeps the old ids, so
 lookups by them still find the run.
+
+What MLflow gets beyond the folder's rows: the run's start time is the folder's (``start_time_ms``
+in ``run.json``, taken when the run claimed its folder, not when the mirror first reached the
+server); the evaluation's constant counts (``val/tokens``, ``val/bytes``) arrive as params, not as
+metric series; each checkpoint is uploaded as the artifact ``checkpoint.pt`` once it is written
+(``tracking.log_checkpoints``), with the tag ``blagpt.checkpoint_step``, so that
+:func:`blagpt.run.fetch.fetch_run` can rebuild the run folder on another machine; MLflow's own
+system metrics (``system/*``: CPU, memory, disk, network, NVIDIA GPUs through nvidia-ml-py) are
+sampled by :class:`mlflow.system_metrics.system_metrics_monitor.SystemMetricsMonitor` straight into
+the MLflow run (``tracking.system_metrics``); they are not part of the folder's record.
 """
 
 from __future__ import annotations
@@ -31,6 +41,8 @@ from .rundir import RunDir
 
 BATCH_MAX = 900  # MLflow accepts 1000 metrics per log_batch
 PARAM_MAX = 6000  # MLflow's longest param value
+CONSTANT_METRICS = ("val/tokens", "val/bytes")  # the same at every evaluation: MLflow params, not series
+CHECKPOINT_ARTIFACT = "checkpoint.pt"
 
 
 def configure_mlflow_http(timeout_s: float, retries: int = 1) -> None:
@@ -72,12 +84,15 @@ class Tracker:
     reached MLflow.
     """
 
-    def __init__(self, run: RunDir, uri: str | None, experiment: str, run_name: str, timeout_s: float, enabled: bool = True) -> None:
+    def __init__(self, run: RunDir, uri: str | None, experiment: str, run_name: str, timeout_s: float, enabled: bool = True,
+                 system_metrics_s: float | None = None) -> None:
         self.run, self.uri, self.experiment, self.run_name = run, uri, experiment, run_name
-        self.timeout_s, self.enabled = timeout_s, enabled
+        self.timeout_s, self.enabled, self.system_metrics_s = timeout_s, enabled, system_metrics_s
         self.error: str | None = None
         self._q: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
+        self._monitor = None
+        self.uploading: str | None = None  # the artifact the mirror is sending now (close waits for it)
         if enabled:
             configure_mlflow_http(timeout_s)
             self._thread = threading.Thread(target=self._work, name="blagpt-mlflow", daemon=True)
@@ -88,6 +103,9 @@ class Tracker:
     def log(self, step: int, values: dict[str, float]) -> None:
         ts = int(time.time() * 1000)
         self.run.metrics.append({"key": k, "value": float(v), "step": int(step), "ts": ts} for k, v in values.items())
+        constants = {k: _count(values[k]) for k in CONSTANT_METRICS if k in values and k not in self.run.meta.get("params", {})}
+        if constants:
+            self.log_params(constants, {})
         if self.enabled:
             self._q.put(("metrics", None))
 
@@ -109,7 +127,11 @@ class Tracker:
         if not self.enabled or self._thread is None:
             return False
         self._q.put(("end", status))
-        self._thread.join(timeout=2 * self.timeout_s + 5)
+        # Bounded: a server that hangs fails each request within timeout_s. An artifact upload in
+        # progress (a large checkpoint) is waited for: it is what another machine resumes from.
+        deadline = time.monotonic() + 2 * self.timeout_s + 5
+        while self._thread.is_alive() and (time.monotonic() < deadline or self.uploading):
+            self._thread.join(timeout=0.2)
         return bool(not self._thread.is_alive() and self.error is None and self.run.meta.get("synced_all", False))
 
     @property
@@ -126,19 +148,46 @@ class Tracker:
             self.error = one_line(e)
             self._drain_until_end()
             return
+        self._start_system_metrics()
         while True:
             items = self._next_items()
             try:
-                upload(self.client, self.run)
+                upload(self.client, self.run, self)
                 for kind, payload in items:
                     if kind == "end":
+                        self._stop_system_metrics()
                         self.client.set_terminated(self.run.meta["mlflow_run_id"], status=payload)
                         self.run.update(synced_all=self.run.meta.get("metrics_synced", 0) >= len(self.run.metrics.read()))
                         return
             except Exception as e:  # noqa: BLE001
                 self.error = one_line(e)
+                self._stop_system_metrics()
                 self._drain_until_end()
                 return
+
+    def _start_system_metrics(self) -> None:
+        """MLflow's system-metrics monitor on this run (every ``system_metrics_s`` seconds)."""
+        if not self.system_metrics_s:
+            return
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._monitor = SystemMetricsMonitor(self.run.meta["mlflow_run_id"], sampling_interval=self.system_metrics_s,
+                                                 resume_logging=True, tracking_uri=self.client.tracking_uri)
+            self._monitor.start()
+        except Exception as e:  # noqa: BLE001 - psutil missing or broken: the run goes on without them
+            self._monitor = None
+            import logging
+
+            logging.getLogger("blagpt").warning("warning: MLflow system metrics not logged (%s)", one_line(e))
+
+    def _stop_system_metrics(self) -> None:
+        if self._monitor is not None:
+            monitor, self._monitor = self._monitor, None
+            try:
+                monitor.finish()
+            except Exception:  # noqa: BLE001 - its last sample is lost, nothing else
+                pass
 
     def _next_items(self) -> list[tuple[str, Any]]:
         """What arrived within a second of the first item (batched into one upload)."""
@@ -174,8 +223,9 @@ def mark_restart(run: RunDir, kept_rows: int, params: dict[str, Any]) -> None:
         return
     sent = max(int(meta.get("metrics_synced", 0)), int(meta.get("metrics_sending", 0)))
     synced_params = meta.get("params_synced", {})
-    changed = isinstance(synced_params, dict) and any(
-        k in synced_params and synced_params[k] != _param_text(v) for k, v in params.items()
+    changed = isinstance(synced_params, dict) and (
+        any(k in synced_params and synced_params[k] != _param_text(v) for k, v in params.items())
+        or any(k not in params and k not in CONSTANT_METRICS for k in synced_params)  # MLflow cannot delete a param
     )
     if sent > kept_rows or changed or meta.get("mlflow_replace"):
         run.update(mlflow_replace=True)
@@ -191,8 +241,8 @@ def ensure_run(client, run: RunDir, experiment: str, run_name: str) -> str:
     if run_id and not meta.get("mlflow_replace"):
         client.update_run(run_id, status="RUNNING")
         return run_id
-    start_time = None
-    if run_id:
+    start_time = meta.get("start_time_ms")
+    if run_id and start_time is None:
         try:
             start_time = client.get_run(run_id).info.start_time
         except Exception:  # noqa: BLE001 - already gone
@@ -204,7 +254,7 @@ def ensure_run(client, run: RunDir, experiment: str, run_name: str) -> str:
     replaced = list(meta.get("replaced_mlflow_run_ids", []))
     run.update(mlflow_run_id=new_id, mlflow_experiment_id=exp_id, tracking_uri=client.tracking_uri, mlflow_replace=False,
                replaced_mlflow_run_ids=replaced + ([run_id] if run_id else []),
-               metrics_synced=0, metrics_sending=0, params_synced={}, tags_synced=[], artifacts_synced=[], inputs_synced=False,
+               metrics_synced=0, metrics_sending=0, params_synced={}, tags_synced={}, artifacts_synced={}, inputs_synced=False,
                synced_all=False)
     if run_id:
         try:
@@ -219,8 +269,22 @@ def _param_text(value: Any) -> str:
     return str(value)[:PARAM_MAX]
 
 
-def upload(client, run: RunDir) -> None:
-    """Send to MLflow whatever of the folder it does not have yet (params, tags, metrics, artifacts)."""
+def _count(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def _version(path: Path) -> str | None:
+    """What tells one version of a file from the next (a checkpoint is replaced, not edited)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}"
+
+
+def upload(client, run: RunDir, tracker: "Tracker | None" = None) -> None:
+    """Send to MLflow whatever of the folder it does not have yet (params, tags, metrics, artifacts;
+    an artifact file replaced since it was sent is sent again)."""
     from mlflow.entities import Metric, Param, RunTag
 
     meta = run.meta
@@ -229,33 +293,49 @@ def upload(client, run: RunDir) -> None:
     sent_params = meta.get("params_synced", {})
     sent_params = sent_params if isinstance(sent_params, dict) else dict.fromkeys(sent_params, None)
     todo = [Param(k, v) for k, v in params.items() if k not in sent_params]
-    sent_tags = set(meta.get("tags_synced", []))
-    tags = [RunTag(k, str(v)) for k, v in meta.get("tags", {}).items() if k not in sent_tags]
+    sent_tags = meta.get("tags_synced", {})
+    sent_tags = dict(sent_tags) if isinstance(sent_tags, dict) else dict.fromkeys(sent_tags)  # a list: keys, values unknown
+    now_tags = {k: str(v) for k, v in meta.get("tags", {}).items()}
+    tags = [RunTag(k, v) for k, v in now_tags.items() if k not in sent_tags or (sent_tags[k] is not None and sent_tags[k] != v)]
     for i in range(0, max(len(todo), len(tags)), 100):
         client.log_batch(run_id, params=todo[i : i + 100], tags=tags[i : i + 100])
-    for key in sent_tags - set(meta.get("tags", {})):  # dropped from the folder (an earlier attempt's error)
+    for key in set(sent_tags) - set(now_tags):  # dropped from the folder (an earlier attempt's error)
         try:
             client.delete_tag(run_id, key)
         except Exception:  # noqa: BLE001 - not there
             pass
-    run.update(params_synced={**sent_params, **{p.key: p.value for p in todo}}, tags_synced=sorted(meta.get("tags", {})))
+    run.update(params_synced={**sent_params, **{p.key: p.value for p in todo}}, tags_synced=now_tags)
     rows = run.metrics.read()
     done = int(run.meta.get("metrics_synced", 0))
     while done < len(rows):
         chunk = rows[done : done + BATCH_MAX]
         run.update(metrics_sending=done + len(chunk))  # before sending: a kill mid-request still counts it
-        client.log_batch(run_id, metrics=[Metric(r["key"], r["value"], r["ts"], r["step"]) for r in chunk])
+        metrics = [Metric(r["key"], r["value"], r["ts"], r["step"]) for r in chunk if r["key"] not in CONSTANT_METRICS]
+        if metrics:
+            client.log_batch(run_id, metrics=metrics)
         done += len(chunk)
         run.update(metrics_synced=done)
     if run.meta.get("inputs") and not run.meta.get("inputs_synced"):
         log_inputs(client, run_id, run.meta["inputs"])
         run.update(inputs_synced=True)
-    sent_arts = set(run.meta.get("artifacts_synced", []))
+    sent_arts = run.meta.get("artifacts_synced", {})
+    sent_arts = dict(sent_arts) if isinstance(sent_arts, dict) else dict.fromkeys(sent_arts, "")  # a list: sent once, any version
     for art in run.meta.get("artifacts", []):
-        if art not in sent_arts and Path(art).exists():
+        step = run.meta.get("checkpoint_step")  # read before the file: a newer file is sent again next time
+        version = _version(Path(art))
+        if version is None or sent_arts.get(art) in (version, ""):
+            continue
+        if tracker is not None:
+            tracker.uploading = art
+        try:
             client.log_artifact(run_id, art)
-            sent_arts.add(art)
-            run.update(artifacts_synced=sorted(sent_arts))
+        finally:
+            if tracker is not None:
+                tracker.uploading = None
+        if Path(art).name == CHECKPOINT_ARTIFACT and step is not None:
+            client.set_tag(run_id, "blagpt.checkpoint_step", str(step))
+        sent_arts[art] = version
+        run.update(artifacts_synced=sent_arts)
 
 
 def log_inputs(client, run_id: str, inputs: list[dict]) -> None:
@@ -324,16 +404,39 @@ def loss_curve_png(run: RunDir) -> Path:
     return run.loss_curve_file
 
 
-def provenance_tags(registry, cfg) -> dict[str, str]:
-    """Tags saying what made the run: model, optimizer, plugin versions, the git commit."""
+def provenance_tags(registry, cfg, tokenizer: str | None = None) -> dict[str, str]:
+    """Tags saying what made the run: model, optimizer, the versions of the plugins it used (the
+    model's, the optimizer's, the tokenizer's and the core's; not every installed one), the git
+    commit."""
     tags = {"blagpt.model": cfg.model.name, "blagpt.optimizer": cfg.optimizer.name}
-    for info in registry.plugins.values():
-        if info.ok:
+    used = [("model", cfg.model.name), ("optimizer", cfg.optimizer.name)]
+    if tokenizer is not None:
+        used.append(("tokenizer", tokenizer.partition(":")[0]))
+    from importlib.metadata import version
+
+    tags["blagpt.plugin.blagpt"] = version("blagpt")
+    for kind, name in used:
+        info = registry.owner.get((kind, name))
+        if info is not None:
             tags[f"blagpt.plugin.{info.dist}"] = info.version
     commit = _git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
     return {**tags, **cfg.tracking.tags}
+
+
+def run_description(cfg, budget_text: str) -> str:
+    """The MLflow run's description (the UI's Description box): what was trained, and how long."""
+    preset = getattr(cfg.model, "preset", None)
+    model = f"{cfg.model.name}" + (f" (preset {preset})" if preset else " (no preset)")
+    return f"Model {model}, optimizer {cfg.optimizer.name}, budget {budget_text}."
+
+
+def ui_url(tracking_uri: str | None, experiment_id: str | None, run_id: str | None) -> str | None:
+    """The run's page in the MLflow UI of an http(s) tracking server, else None."""
+    if not (tracking_uri and experiment_id and run_id) or not tracking_uri.startswith(("http://", "https://")):
+        return None
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def _git_commit() -> str | None:

@@ -61,6 +61,8 @@ class TrainResult:
     synced: bool = False
     interrupted: bool = False
     resumed_from: int | None = None
+    final_step: int | None = None  # the step ``final`` (the last evaluation) was made at
+    signalled: bool = False  # stopped by Ctrl-C / SIGTERM (not by ``until_step``)
 
 
 @dataclass
@@ -110,7 +112,7 @@ class Trainer:
                     stopping = self.should_stop(stop)
                     self.maybe_checkpoint(stats, force=stopping)
                     if stopping:
-                        self.result.interrupted = True
+                        self.result.interrupted, self.result.signalled = True, stop.set
                         break
         return self.result
 
@@ -155,7 +157,7 @@ class Trainer:
             return {}
         self.raise_if_diverged()
         ev = self.evaluator(self.eval_model)
-        self.result.final = ev
+        self.result.final, self.result.final_step = ev, stats.step
         return ev
 
     def maybe_log(self, stats: StepStats, evals: dict[str, float]) -> None:
@@ -168,11 +170,14 @@ class Trainer:
             self.window = (self.window[0] + stats.seconds, self.window[1] + self.tokens_per_step, self.window[2] + 1)
         row: dict[str, float] = self.train_row(stats) if log_now else {}
         if evals:
-            self.say(f"eval step {done} | val loss {evals['val/loss']:.4f} nats/token | val bpb {evals['val/bpb']:.4f}")
+            p = self.cfg.train.eval_on
+            self.say(f"eval step {done} | {p} loss {evals[f'{p}/loss']:.4f} nats/token | {p} bpb {evals[f'{p}/bpb']:.4f}")
         row.update(evals)
         if not row:
             return
         row["train/tokens"] = float(done * self.tokens_per_step)
+        if self.flops_per_token:
+            row["train/flops"] = self.flops_per_token * row["train/tokens"]
         row["train/elapsed_s"] = self.elapsed
         self.result.history.append({"step": done, **row})
         if self.recorder is not None:
@@ -190,6 +195,8 @@ class Trainer:
             ckpt.save_sharded(self.run, self.model, self.optimizer, payload, self.dist)
         elif self.dist.main:
             self.run.save_checkpoint({**payload, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()})
+        if self.dist.main:
+            self.recorder.checkpointed()  # MLflow receives it in the background
         self.dist.barrier()
 
     # -- phases before the loop --------------------------------------------------------------
@@ -237,7 +244,7 @@ class Trainer:
             self.datasets.append(manifest.dataset_input(stream, found, context))
         self.layout = layout_for(cfg, d)
         self.loader = TrainLoader(train_stream, t.seq_len, self.layout, t.seed)
-        self.val = val_slice(val_stream, t.seq_len, d.rank, d.world, self.tokenizer, t.eval_tokens, t.eval_bytes)
+        self.val = val_slice(val_stream, t.seq_len, d.rank, d.world, self.tokenizer, t.eval_tokens, t.eval_bytes, t.eval_on)
         self.tokens_per_step = self.layout.global_batch * t.seq_len
 
     def build_model_and_optimizer(self) -> None:
@@ -252,6 +259,7 @@ class Trainer:
         self.flops_per_token = self.model.flops_per_token(t.seq_len) if hasattr(self.model, "flops_per_token") else None
         self.budget: Budget = budget or budget_for(t, self.tokens_per_step, self.flops_per_token)
         self.n_params = sum(p.numel() for p in self.model.parameters())
+        self.n_params_non_embedding = self.n_params - embedding_params(self.model, self.tokenizer.vocab_size, t.seq_len)
         self.shard_model()
         self.optimizer = self.registry.build_optimizer(self.model, self.cfg.optimizer, replace(ctx, total_steps=self.budget.steps))
         self.peak_lrs = [g["lr"] for g in self.optimizer.param_groups]
@@ -304,7 +312,8 @@ class Trainer:
                 self.refuse_spent_budget()
             # killed after its last checkpoint, before it could say so: nothing left but to finish
             self.result.final = {r["key"]: r["value"] for r in self.run.metrics.read()
-                                 if r["step"] == self.step and r["key"].startswith("val/")}
+                                 if r["step"] == self.step and r["key"].startswith(f"{t.eval_on}/")}
+            self.result.final_step = self.step if self.result.final else None
 
     def refuse_spent_budget(self) -> None:
         t = self.cfg.train
@@ -343,7 +352,7 @@ class Trainer:
         self.bf16 = t.precision == "bf16" or (t.precision == "auto" and d.device.type == "cuda")
         self.autocast = torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=self.bf16)
         self.evaluator = Evaluator(self.val, self.tokenizer.token_bytes, self.layout.micro_batch, t.seq_len, d,
-                                   self.autocast, self.registry.compute_loss, self.cfg.model,
+                                   self.autocast, self.registry.compute_loss, self.cfg.model, prefix=t.eval_on,
                                    lockstep=parallel.is_sharded(self.model))
         self.finite = FiniteWatch(d)
         self.window = (0.0, 0, 0)  # seconds, tokens, steps since the last logged throughput
@@ -357,15 +366,18 @@ class Trainer:
         its MLflow mirror; then the one line that says what is trained."""
         cfg, t, d = self.cfg, self.cfg.train, self.dist
         if self.recorder is not None:
-            params = {**cfg.flat(), "n_params": self.n_params, "world_size": d.world, "grad_accum": self.layout.accum,
+            params = {**cfg.flat(), "n_params": self.n_params, "n_params_non_embedding": self.n_params_non_embedding, "world_size": d.world, "grad_accum": self.layout.accum,
                       "total_steps": self.budget.steps if self.budget.steps is not None else "time budget",
                       "tokenizer": self.tok_name, "tokens_per_step": self.tokens_per_step,
                       "flops_per_token": self.flops_per_token if self.flops_per_token is not None else "not reported"}
-            self.recorder.start(self.step, self.result.resumed_from, self.budget, params, self.registry, self.datasets)
+        shape = f"{self.budget.describe()} x {self.layout.global_batch} seqs x {t.seq_len} tokens"
+        if self.recorder is not None:
+            self.recorder.start(self.step, self.result.resumed_from, self.budget, params, self.registry, self.datasets,
+                                tokenizer=self.tok_name, budget_text=shape)
         resumed = f", resumed at step {self.step}" if self.result.resumed_from is not None else ""
         self.say(
             f"run {self.run.name}: model {cfg.model.name} ({self.n_params / 1e6:.2f}M params), optimizer {cfg.optimizer.name}, "
-            f"{self.budget.describe()} x {self.layout.global_batch} seqs x {t.seq_len} tokens, {d.world} rank(s) on {d.device.type}{f' ({t.parallel})' if d.world > 1 else ''}, "
+            f"{shape}, {d.world} rank(s) on {d.device.type}{f' ({t.parallel})' if d.world > 1 else ''}, "
             f"{'bf16' if self.bf16 else 'fp32'}{', compiled' if t.compile else ''}{resumed}"
         )
 
@@ -434,6 +446,38 @@ def train(cfg: RunConfig, registry: Registry | None = None, resume: str | Resume
     """Train ``cfg`` (or continue the run ``resume``: a folder, run name or MLflow run id, or a
     :class:`~blagpt.run.resume.Resume`); returns what was logged and the final evaluation."""
     return Trainer(cfg, registry, resume, until_step, progress, echo, restart).train()
+
+
+def embedding_params(model: torch.nn.Module, vocab_size: int, seq_len: int = 8) -> int:
+    """Parameters that scale with the vocabulary or the context rather than the model's depth and
+    width: every ``nn.Embedding`` (token and position tables) and the output head, the
+    ``nn.Linear`` whose output the logits are (found by one forward pass of ``seq_len`` tokens:
+    its output shares storage with the returned logits, sliced or not); shared tensors count once.
+    The rest is the parameter count scaling laws use (Kaplan et al. 2020, arXiv 2001.08361)."""
+    tables = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    outputs: list[tuple[torch.nn.Module, torch.Tensor]] = []  # kept alive, so no storage is reused during the pass
+    hooks = [m.register_forward_hook(lambda mod, _i, out: outputs.append((mod, out)))
+             for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            device = next(model.parameters()).device
+            logits = model(torch.zeros(1, seq_len, dtype=torch.long, device=device))
+        ptr = logits.untyped_storage().data_ptr()
+        heads = [mod for mod, out in outputs if out.untyped_storage().data_ptr() == ptr and mod.out_features >= vocab_size]
+    except Exception:  # noqa: BLE001 - a model that cannot run this probe: tables only
+        heads = []
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+        outputs.clear()
+    seen: dict[int, int] = {}
+    for m in (*tables, *heads):
+        for p in m.parameters(recurse=False):
+            seen[id(p)] = p.numel()
+    return sum(seen.values())
 
 
 def global_batch(cfg: RunConfig, world: int) -> int:

@@ -26,7 +26,13 @@ from typing import Any, Callable, Iterable, Mapping
 
 from . import model_checks, optimizer_checks
 from .config_checks import check_config_rejects_bad_values, check_config_yaml_round_trip, check_entry_point
-from .model_checks import check_builds_on_cpu, check_causal, check_gradients_reach_every_parameter, check_loss_at_init
+from .model_checks import (
+    check_builds_on_cpu,
+    check_cached_decoding,
+    check_causal,
+    check_gradients_reach_every_parameter,
+    check_loss_at_init,
+)
 from .optimizer_checks import check_param_groups
 from .run_checks import (
     check_checkpoint_resume,
@@ -48,6 +54,7 @@ MODEL_CHECKS: dict[str, Check] = {
     "loss_at_init": check_loss_at_init,
     "gradients_reach_every_parameter": check_gradients_reach_every_parameter,
     "causal": check_causal,
+    "cached_decoding": check_cached_decoding,
     "state_dict_round_trip": model_checks.check_state_dict_round_trip,
     "checkpoint_resume": check_checkpoint_resume,
     "ddp_matches_single_process": check_ddp_matches_single_process,

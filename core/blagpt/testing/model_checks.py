@@ -228,3 +228,72 @@ def check_compile(target) -> None:
     assert set(grads_c) == set(grads_e), f"parameters with gradients differ: {sorted(set(grads_c) ^ set(grads_e))}"
     bad = [n for n in grads_e if (grads_c[n] - grads_e[n]).norm() > COMPILE_GRAD_RTOL * grads_e[n].norm() + 1e-6]
     assert not bad, f"compiled gradients differ from eager ones for: {', '.join(bad[:8])}"
+
+
+CACHE_TOL = 1e-5  # rtol and atol: cached logits against the full forward's
+
+
+def cached_logits(model: nn.Module, idx: torch.Tensor, pieces: list[int]) -> torch.Tensor:
+    """The logits of ``idx`` (B, T) through the model's cache: a fresh ``init_cache(B)``, then
+    ``forward(chunk, cache=cache)`` on consecutive chunks of the given lengths (summing to T)."""
+    cache = model.init_cache(idx.shape[0])
+    out, start = [], 0
+    for n in pieces:
+        out.append(model(idx[:, start : start + n], cache=cache))
+        start += n
+    return torch.cat(out, dim=1)
+
+
+def check_cached_decoding(target) -> None:
+    """The model offers incremental decoding (``init_cache(batch_size)`` and ``forward(idx,
+    cache=cache)``, docs/plugins.md) and it gives the full forward's logits (allclose, rtol =
+    atol = 1e-5, fp32 on the CPU) for: a prompt of about half ``seq_len`` prefilled at once and
+    then one token at a time up to ``seq_len``; a one-token prompt then single tokens; and a
+    prompt followed by a chunk of several tokens and single tokens up to a length short of
+    ``seq_len``. Two sequences decode side by side in one batch, and a new cache starts afresh.
+
+    A model without the method (or whose ``init_cache`` returns ``None``: this config cannot be
+    cached) fails the check with that finding; such a plugin declares it in
+    ``expected_failures`` with the reason, and ``blagpt sample`` uses the full forward."""
+    model, r = build(target)
+    wake_zeros(model, seed=40)
+    model.eval()
+    init = getattr(model, "init_cache", None)
+    if not callable(init):
+        raise AssertionError(
+            f"{type(model).__name__} offers no incremental decoding: no init_cache(batch_size) method "
+            "(see 'Cached generation' in docs/plugins.md); blagpt sample runs the full forward for every token"
+        )
+    T = target.seq_len
+    idx = tokens(r.ctx.vocab_size, (2, T), seed=6)
+    half = T // 2 + 1
+    short = T - 2
+    plans = {
+        f"prefill {half} then single tokens to {T}": [half] + [1] * (T - half),
+        f"prefill 1 then single tokens to {T}": [1] * T,
+    }
+    if short >= 7:
+        plans[f"prefill 3, a chunk of 4, then single tokens to {short}"] = [3, 4] + [1] * (short - 7)
+    with torch.no_grad():
+        if init(2) is None:
+            raise AssertionError(
+                f"{type(model).__name__}.init_cache returned None: this config declares it cannot decode "
+                "incrementally (blagpt sample falls back to the full forward)"
+            )
+        full = model(idx)
+        for what, pieces in plans.items():
+            n = sum(pieces)
+            try:
+                got = cached_logits(model, idx[:, :n], pieces)
+            except Exception as e:  # noqa: BLE001 - a crash of the cached path is the finding
+                raise AssertionError(f"cached decoding ({what}) failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}") from e
+            assert tuple(got.shape) == tuple(full[:, :n].shape), (
+                f"cached decoding ({what}) gave logits of shape {tuple(got.shape)}, expected {tuple(full[:, :n].shape)}"
+            )
+            if not torch.allclose(got, full[:, :n], rtol=CACHE_TOL, atol=CACHE_TOL):
+                diff = (got - full[:, :n]).abs().amax(dim=(0, 2))
+                first = int(torch.nonzero(diff > CACHE_TOL)[0])
+                raise AssertionError(
+                    f"cached decoding ({what}) differs from the full forward from position {first} on "
+                    f"(max abs difference {float(diff.max()):.2e}, tolerance {CACHE_TOL})"
+                )

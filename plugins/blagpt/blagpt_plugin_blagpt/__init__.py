@@ -69,6 +69,13 @@ PRESETS = {
         "pattention_mlp": True,
     },
     "tiny": {"n_layers": 2, "d_model": 64, "n_heads": 4},
+    # Matched-size benches: 150k parameters without embeddings (the core's n_params_non_embedding,
+    # bytes, seq_len 256) within 10 % under every technique preset: gpt2+bench 155,840,
+    # blagpt+bench 163,384, tokenformer+bench 154,040. 8 heads so that blagpt's 4 KV heads save
+    # what its wider SwiGLU MLP adds (4 heads: 176k). The byte vocabulary is padded to 384 rows,
+    # not 320: GPT-2's MLP is 320 wide at d_model 80, and the count, which finds output heads by
+    # their width, would take it for one.
+    "bench": {"n_layers": 2, "d_model": 80, "n_heads": 8, "vocab_multiple": 128},
     "mini": {"n_layers": 4, "d_model": 128, "n_heads": 4},
     "small": {"n_layers": 6, "d_model": 384, "n_heads": 8},
     "124m": {"n_layers": 12, "d_model": 768, "n_heads": 12},

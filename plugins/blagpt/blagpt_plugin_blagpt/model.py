@@ -27,6 +27,7 @@ Papers, in the order the fields appear:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from blagpt import ModelConfig
-from blagpt.nn import Rotary, padded_vocab, vocab_multiple_field
+from blagpt.nn import Rotary, apply_rotary, padded_vocab, vocab_multiple_field
 
 Activation = Literal["swiglu", "geglu", "gelu", "relu", "relu2", "silu"]
 GATED = {"swiglu": F.silu, "geglu": F.gelu}
@@ -272,6 +273,36 @@ def grow_tokens(keys, values, n_tokens, std, generator=None):
     return torch.cat([keys, new_k]), torch.cat([values, new_v.to(values)])
 
 
+class KVBuffer:
+    """One attention layer's keys and values of the tokens decoded so far, (B, n_kv, S, head_dim)
+    each, in buffers of ``max_len`` positions allocated at the first write (in the dtype of the
+    keys, so bf16 under autocast)."""
+
+    def __init__(self, max_len: int) -> None:
+        self.max_len = max_len
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def write(self, k: torch.Tensor, v: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store positions ``start .. start+T-1``; return the keys and values of 0 .. start+T-1."""
+        end = start + k.shape[2]
+        if self.k is None:
+            shape = (k.shape[0], k.shape[1], self.max_len, k.shape[3])
+            self.k, self.v = k.new_empty(shape), v.new_empty(shape)
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+@dataclass
+class BlaGPTCache:
+    """The decoding cache of :meth:`BlaGPT.init_cache`: the next position and every block's
+    keys and values (multi-token-prediction blocks are not needed: decoding reads head 0)."""
+
+    pos: int
+    layers: list[KVBuffer]
+
+
 class Attention(nn.Module):
     """Causal (grouped-query) self-attention with optional QK-norm, RoPE and score soft-capping."""
 
@@ -292,7 +323,9 @@ class Attention(nn.Module):
         self.k_norm = nn.RMSNorm(self.hd, eps=cfg.norm_eps) if cfg.qk_norm else None
         self.rotary = [rotary]  # shared module, kept out of this module's state dict and children
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv: KVBuffer | None = None, start: int = 0) -> torch.Tensor:
+        """``kv``: the layer's decoding cache; ``x`` then holds positions ``start .. start+T-1``,
+        attending to the cached keys of 0 .. start-1 and to each other causally."""
         B, T, _ = x.shape
         if self.cfg.pattention_attn:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
@@ -303,26 +336,36 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv, self.hd)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        if self.rotary[0] is not None:
-            q, k = self.rotary[0](q, seq_dim=1), self.rotary[0](k, seq_dim=1)
+        rot = self.rotary[0]
+        if rot is not None and kv is None:
+            q, k = rot(q, seq_dim=1), rot(k, seq_dim=1)
+        elif rot is not None:  # the cached tables' rows of these positions
+            cos, sin = rot.cos[start : start + T, None], rot.sin[start : start + T, None]
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if kv is not None:
+            k, v = kv.write(k, v, start)
         p = self.cfg.dropout if self.training else 0.0
         if self.cfg.attn_softcap is None:
             y = self._sdpa(q, k, v, p)
-        elif self._softcap_backend(q) == "flex":
+        elif kv is None and self._softcap_backend(q) == "flex":
             y = flex_softcap_attention(q, k, v, self.cfg.attn_softcap)
-        else:
+        else:  # decoding takes the explicit path: its (T, S) scores are small
             y = math_softcap_attention(q, k, v, self.cfg.attn_softcap, p, self.training)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
 
     def _sdpa(self, q, k, v, p):
+        T, S = q.shape[2], k.shape[2]
+        # queries at the last T of S positions: causal when T == S, all keys for one query
+        mask = None if T in (1, S) else causal_mask(T, S, q.device)
+        causal = T == S and T > 1
         if self.n_kv == self.n_heads:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, dropout_p=p)
         if SDPA_GQA:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p, enable_gqa=True)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, dropout_p=p, enable_gqa=True)
         g = self.n_heads // self.n_kv  # old torch: materialise the shared heads
         return F.scaled_dot_product_attention(
-            q, k.repeat_interleave(g, 1), v.repeat_interleave(g, 1), is_causal=True, dropout_p=p
+            q, k.repeat_interleave(g, 1), v.repeat_interleave(g, 1), attn_mask=mask, is_causal=causal, dropout_p=p
         )
 
     def _softcap_backend(self, q: torch.Tensor) -> str:
@@ -332,18 +375,23 @@ class Attention(nn.Module):
         return b
 
 
+def causal_mask(T: int, S: int, device) -> torch.Tensor:
+    """(T, S) boolean mask of T queries at the last T of S positions: query i sees keys <= S-T+i."""
+    return torch.ones(T, S, dtype=torch.bool, device=device).tril(S - T)
+
+
 def math_softcap_attention(q, k, v, cap: float, p: float = 0.0, training: bool = False) -> torch.Tensor:
-    """Soft-capped causal attention written out: materialises (B, H, T, T) scores, O(T^2) memory.
+    """Soft-capped causal attention written out: materialises (B, H, T, S) scores, O(T S) memory.
 
     Query heads are grouped over their shared key/value head by a view, so GQA costs no copy.
+    With S > T keys (a decoding cache) the queries are the last T positions.
     """
     B, H, T, D = q.shape
     Hkv = k.shape[1]
     qg = q.view(B, Hkv, H // Hkv, T, D)
     s = (qg @ k.unsqueeze(2).transpose(-1, -2)) * (1.0 / math.sqrt(D))
     s = cap * torch.tanh(s / cap)
-    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-    s = s.masked_fill(~causal, float("-inf"))
+    s = s.masked_fill(~causal_mask(T, k.shape[2], q.device), float("-inf"))
     w = torch.softmax(s.float(), dim=-1).to(q.dtype)
     if p > 0 and training:
         w = F.dropout(w, p)
@@ -440,8 +488,9 @@ class Block(nn.Module):
             h = norm_out(h)
         return x + drop(h)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._branch(x, self.attn, self.attn_norm_in, self.attn_norm_out, self.drop)
+    def forward(self, x: torch.Tensor, kv: KVBuffer | None = None, start: int = 0) -> torch.Tensor:
+        attn = self.attn if kv is None else (lambda h: self.attn(h, kv, start))
+        x = self._branch(x, attn, self.attn_norm_in, self.attn_norm_out, self.drop)
         return self._branch(x, self.mlp, self.mlp_norm_in, self.mlp_norm_out, self.drop)
 
 
@@ -498,16 +547,26 @@ class BlaGPT(nn.Module):
                 nn.init.zeros_(b.attn_norm_out.weight)
                 nn.init.zeros_(b.mlp_norm_out.weight)
 
-    def trunk(self, idx: torch.Tensor) -> torch.Tensor:
+    def init_cache(self, batch_size: int) -> BlaGPTCache:
+        """An empty decoding cache for ``forward(idx, cache=cache)`` (blagpt's optional
+        incremental decoding): keys and values of up to ``max_seq_len`` positions per block.
+        Every technique of the config decodes incrementally: RoPE and learned positions are
+        offset by the cache's position, norms, MLPs, Pattention and soft-caps act per token."""
+        return BlaGPTCache(0, [KVBuffer(self.max_seq_len) for _ in self.blocks])
+
+    def trunk(self, idx: torch.Tensor, cache: BlaGPTCache | None = None) -> torch.Tensor:
         T = idx.shape[1]
-        if T > self.max_seq_len:
-            raise ValueError(f"sequence length {T} exceeds max_seq_len {self.max_seq_len}")
+        start = 0 if cache is None else cache.pos
+        if start + T > self.max_seq_len:
+            raise ValueError(f"sequence length {start + T} exceeds max_seq_len {self.max_seq_len}")
         x = self.wte(idx)
         if self.wpe is not None:
-            x = x + self.wpe(torch.arange(T, device=idx.device))
+            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
         x = self.drop(x)
-        for block in self.blocks:
-            x = block(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x) if cache is None else block(x, cache.layers[i], start)
+        if cache is not None:
+            cache.pos = start + T
         return x
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
@@ -522,7 +581,13 @@ class BlaGPT(nn.Module):
         for block in self.mtp_blocks:
             yield block(x)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, all_heads: bool = False):
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, all_heads: bool = False, cache: BlaGPTCache | None = None
+    ):
+        if cache is not None:  # decoding: the next-token head continuing the cached sequence
+            if targets is not None or all_heads:
+                raise ValueError("forward with a decoding cache gives the next-token logits only (no targets, no all_heads)")
+            return self.logits(self.trunk(idx, cache))
         x = self.trunk(idx)
         if targets is None:
             if all_heads:

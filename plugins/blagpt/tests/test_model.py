@@ -371,3 +371,23 @@ def test_generation_without_targets_uses_next_token_head():
             nxt = model(idx)[:, -1].argmax(-1, keepdim=True)
             idx = torch.cat([idx, nxt], dim=1)
     assert idx.shape == (1, 9)
+
+
+@pytest.mark.parametrize("name", [*TECHNIQUES, *PRESET_NAMES])
+def test_cached_decoding_equals_the_full_forward_with_each_technique(name):
+    """The KV cache (prefill, a chunk, then one token at a time, to the maximum length) gives the
+    full forward's logits with every technique and preset; the conformance kit checks the
+    `blagpt` preset and MTP only."""
+    from blagpt.testing.model_checks import CACHE_TOL, cached_logits
+
+    model = _perturb(build(f"{name}+tiny") if name in PRESET_NAMES else build("gpt2+tiny", **TECHNIQUES[name]))
+    idx = torch.randint(0, BYTES_VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        full = model(idx)
+        for pieces in ([13] + [1] * (SEQ - 13), [1] * 5 + [6] + [1] * (SEQ - 11)):
+            got = cached_logits(model, idx, pieces)
+            assert torch.allclose(got, full, rtol=CACHE_TOL, atol=CACHE_TOL), float((got - full).abs().max())
+        cache = model.init_cache(2)
+        model(idx, cache=cache)
+        with pytest.raises(ValueError, match=f"sequence length {SEQ + 1} exceeds max_seq_len {SEQ}"):
+            model(idx[:, :1], cache=cache)

@@ -18,6 +18,9 @@ NAME = "ftp"
 PRESETS = {
     # CPU tests and smoke runs.
     "tiny": {"d_model": 64, "n_heads": 4, "n_layers": 2, "n_decoder_layers": 1, "pseudo_len": 2},
+    # Matched-size benches: `tiny` at width 60, 154,500 parameters without embeddings (bytes,
+    # seq_len 256; the target is 150k +- 10 % for every model's `bench`).
+    "bench": {"d_model": 60, "n_heads": 4, "n_layers": 2, "n_decoder_layers": 1, "pseudo_len": 2},
     "small": {"d_model": 384, "n_heads": 8, "n_layers": 5, "n_decoder_layers": 1},
     # GPT-2 small class, matched in parameters to blagpt `gpt2+124m` (124,475,904): 768 wide,
     # heads of 64, 9 encoder + 2 decoder layers (a decoder layer has a cross-attention on top of

@@ -16,6 +16,9 @@ torch.set_num_threads(1)
 TARGETS = [ModelTarget("ftp", config={"preset": "tiny"}, tokenizer="bytes")]
 
 
-@parametrize_with_checks(TARGETS)
+@parametrize_with_checks(
+    TARGETS,
+    expected_failures={"cached_decoding": "not implemented yet: the causal encoder needs a KV cache (the next-token logits are the decoder's first step, which depends on its own position only)"},
+)
 def test_conformance(target, check):
     check(target)

@@ -18,6 +18,10 @@ NAME = "hourglass"
 PRESETS = {
     # CPU tests and smoke runs: one 2x shortening, 2 layers on each side of it.
     "tiny": {"d_model": 64, "n_heads": 4, "hierarchy": "1@1 2@2 1@1"},
+    # Matched-size benches: `tiny` at width 52 (two heads of 26: RoPE needs even heads), 149,292
+    # parameters without embeddings (bytes, seq_len 256; the target is 150k +- 10 % for every
+    # model's `bench`).
+    "bench": {"d_model": 52, "n_heads": 2, "hierarchy": "1@1 2@2 1@1"},
     # The paper's enwik8 shape, smaller.
     "small": {"d_model": 384, "n_heads": 6, "hierarchy": "2@1 4@3 2@1"},
     # GPT-2 small class: 12 layers of width 768 (2 full resolution, 8 at 3x shortened, 2 full

@@ -16,6 +16,9 @@ torch.set_num_threads(1)
 TARGETS = [ModelTarget("hourglass", config={"preset": "tiny", "dropout": 0.0}, tokenizer="bytes")]
 
 
-@parametrize_with_checks(TARGETS)
+@parametrize_with_checks(
+    TARGETS,
+    expected_failures={"cached_decoding": "no incremental decoding yet: the shortened (pooled) levels would need caches that advance once per pooled group"},
+)
 def test_conformance(target, check):
     check(target)

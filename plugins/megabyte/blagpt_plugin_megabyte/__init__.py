@@ -15,6 +15,12 @@ PRESETS = {
         "patch_size": 4, "global_dim": 64, "global_layers": 2, "global_heads": 2,
         "local_dim": 32, "local_layers": 2, "local_heads": 2,
     },
+    # Matched-size benches: `tiny` at widths 68 / 34, 146,778 parameters without embeddings
+    # (bytes, seq_len 256; the target is 150k +- 10 % for every model's `bench`).
+    "bench": {
+        "patch_size": 4, "global_dim": 68, "global_layers": 2, "global_heads": 2,
+        "local_dim": 34, "local_layers": 2, "local_heads": 2,
+    },
     "small": {
         "patch_size": 8, "global_dim": 512, "global_layers": 6, "global_heads": 8,
         "local_dim": 256, "local_layers": 4, "local_heads": 4,

@@ -16,6 +16,9 @@ torch.set_num_threads(1)
 TARGETS = [ModelTarget("megabyte", config={"preset": "tiny", "dropout": 0.0}, tokenizer="bytes")]
 
 
-@parametrize_with_checks(TARGETS)
+@parametrize_with_checks(
+    TARGETS,
+    expected_failures={"cached_decoding": "no incremental decoding yet: a new byte would need the global model's patch cache and the local model's per-patch state"},
+)
 def test_conformance(target, check):
     check(target)

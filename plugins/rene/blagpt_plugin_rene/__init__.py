@@ -17,6 +17,13 @@ PRESETS = {
         "d_model": 64, "n_layers": 4, "attn_layer_idx": [2], "mlp_layer_idx": [1, 3], "n_heads": 4,
         "sliding_window": 8, "d_state": 16, "head_dim": 16, "chunk_size": 16,
     },
+    # Matched-size benches: `tiny`'s layers at width 80, 146,670 parameters without embeddings
+    # (bytes, seq_len 256; the target is 150k +- 10 % for every model's `bench`). The window is
+    # half the bench's 256 tokens (as 124m's 512 of 1024), the SSD chunk the default.
+    "bench": {
+        "d_model": 80, "n_layers": 4, "attn_layer_idx": [2], "mlp_layer_idx": [1, 3], "n_heads": 4,
+        "sliding_window": 128, "d_state": 16, "head_dim": 16,
+    },
     "small": {"d_model": 384, "n_layers": 12, "n_heads": 6, "d_state": 64, "sliding_window": 256},
     # Matched to GPT-2 small (124.5M with tied embeddings, vocab 50304): 125.0M. 24 layers:
     # 11 Mamba-2, 12 MLP, one sliding-window attention layer at index 10.

@@ -13,6 +13,9 @@ from .model import RWKV7Config
 PRESETS = {
     # CPU tests and smoke runs.
     "tiny": {"d_model": 64, "n_layers": 2, "head_size": 16},
+    # Matched-size benches: `tiny` at width 72 (4 heads of 18), 159,624 parameters without
+    # embeddings (bytes, seq_len 256; the target is 150k +- 10 % for every model's `bench`).
+    "bench": {"d_model": 72, "n_layers": 2, "head_size": 18},
     "small": {"d_model": 384, "n_layers": 6, "head_size": 64},
     # GPT-2 small class: 12 x 768, heads of 64, tied embeddings. Channel mixing is 2816 wide
     # (3.67 C, not the paper's 4 C) so that the LoRAs' extra weights leave the total at ~124.2M,

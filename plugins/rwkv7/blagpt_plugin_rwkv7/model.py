@@ -29,6 +29,7 @@ The delta rule runs through one of the kernels of :mod:`.wkv` (``config.kernel``
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -277,6 +278,13 @@ class Block(nn.Module):
         return x + h, v_first, (att_last, wkv, ffn_last)
 
 
+@dataclass
+class RWKV7Cache:
+    """The decoding cache: every layer's recurrent state (``None`` before the first token)."""
+
+    state: list[LayerState] | None = None
+
+
 class RWKV7(nn.Module):
     """The RWKV-7 language model: embedding, LayerNorm, blocks, LayerNorm, head."""
 
@@ -299,9 +307,19 @@ class RWKV7(nn.Module):
             nn.init.uniform_(self.emb.weight, -1e-4, 1e-4)  # the paper's tiny embedding init
             nn.init.normal_(self.head.weight, std=0.5 * C**-0.5)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """(B, T) token ids -> (B, T, V) next-token logits, through ``config.kernel``."""
-        return self.forward_with_state(idx)[0]
+    def init_cache(self, batch_size: int) -> "RWKV7Cache":
+        """An empty decoding cache for ``forward(idx, cache=cache)`` (blagpt's optional incremental
+        decoding): the recurrent state, constant in size, starts as the zeros a sequence starts with."""
+        return RWKV7Cache()
+
+    def forward(self, idx: torch.Tensor, cache: "RWKV7Cache | None" = None) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, V) next-token logits, through ``config.kernel``; with
+        ``cache``, continue the sequence it holds and update it (a prompt at once, then one token
+        at a time through the recurrent kernel)."""
+        if cache is None:
+            return self.forward_with_state(idx)[0]
+        logits, cache.state = self.forward_with_state(idx, cache.state)
+        return logits
 
     def forward_with_state(self, idx: torch.Tensor, state: list[LayerState] | None = None):
         """Like ``forward``, but continue from ``state`` and return ``(logits, new_state)``.

@@ -38,6 +38,9 @@ __all__ = [
 PRESETS = {
     # CPU tests: a few thousand parameters besides the embedding.
     "tiny": {"d_model": 64, "n_layers": 2, "d_state": 16, "head_dim": 16, "chunk_size": 16},
+    # Matched-size benches: `tiny` at width 104 (SSD chunk the default), 142,358 parameters
+    # without embeddings (bytes, seq_len 256; the target is 150k +- 10 % for every model's `bench`).
+    "bench": {"d_model": 104, "n_layers": 2, "d_state": 16, "head_dim": 16},
     "small": {"d_model": 384, "n_layers": 12, "d_state": 64, "head_dim": 64},
     # Matched to GPT-2 small (124.5M with tied embeddings, vocab 50304): 125.2M.
     "124m": {"d_model": 768, "n_layers": 23, "d_state": 128, "head_dim": 64, "expand": 2},

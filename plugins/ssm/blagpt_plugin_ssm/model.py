@@ -63,7 +63,8 @@ class Mamba2LM(nn.Module):
             self.head.weight = self.embed.weight
 
     def init_cache(self, batch_size: int) -> list[Mamba2State]:
-        """The recurrent state of every layer before the first token."""
+        """The recurrent state of every layer before the first token: blagpt's optional
+        incremental decoding, ``forward(idx, cache=cache)`` then continues from it."""
         return [layer.mixer.init_state(batch_size) for layer in self.layers]
 
     def forward(self, idx: torch.Tensor, cache: list[Mamba2State] | None = None) -> torch.Tensor:

@@ -16,6 +16,13 @@ PRESETS = {
         "d_model": 64, "n_layers": 4, "shared_every": 2, "n_shared_blocks": 2, "n_heads": 4, "d_ff": 128,
         "lora_rank": 8, "d_state": 16, "head_dim": 16, "chunk_size": 16,
     },
+    # Matched-size benches: `tiny` at width 44 (8 SSM heads of 11 as tiny's 8 of 16, SSD chunk
+    # the default), 150,116 parameters without embeddings (bytes, seq_len 256; the target is
+    # 150k +- 10 % for every model's `bench`).
+    "bench": {
+        "d_model": 44, "n_layers": 4, "shared_every": 2, "n_shared_blocks": 2, "n_heads": 4, "d_ff": 88,
+        "lora_rank": 8, "d_state": 16, "head_dim": 11,
+    },
     "small": {"d_model": 384, "n_layers": 12, "shared_every": 4, "n_heads": 6, "d_ff": 1536, "lora_rank": 64, "d_state": 64},
     # Matched to GPT-2 small (124.5M with tied embeddings, vocab 50304): 124.8M. Three invocations
     # of one shared block (before layers 5, 11, 17), as Zamba2-1.2B's one block every 6 layers.

@@ -38,6 +38,9 @@ class TinyLMConfig(ModelConfig):
         "and waits until hold_file exists (a test then acts at a known step, whatever the machine's speed).",
     )
     hold_file: str | None = Field(default=None, description="Test hook: the file hold_at waits for.")
+    warn_at: int | None = Field(
+        default=None, ge=1, description="Test hook: training-mode forward number warn_at emits a UserWarning, as a library's notice would."
+    )
 
 
 class Block(nn.Module):
@@ -51,10 +54,22 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(cfg.d_model, 4 * cfg.d_model), nn.GELU(), nn.Linear(4 * cfg.d_model, cfg.d_model))
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv: list | None = None) -> torch.Tensor:
+        """``kv``: this block's [keys, values] of earlier tokens (a decoding cache), extended here."""
         B, T, C = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(B, T, 3, self.n_heads, C // self.n_heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
+        past = 0
+        if kv is not None:
+            if kv[0] is not None:
+                past = kv[0].shape[2]
+                k, v = torch.cat([kv[0], k], dim=2), torch.cat([kv[1], v], dim=2)
+            kv[0], kv[1] = k, v
+        if past == 0:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # the T queries are positions past .. past+T-1 of the past+T keys
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = y.transpose(1, 2).reshape(B, T, C)
         x = x + self.drop(self.proj(y))
         return x + self.drop(self.mlp(self.ln2(x)))
 
@@ -80,16 +95,30 @@ class TinyLM(nn.Module):
                 nn.init.zeros_(m.bias)
         nn.init.zeros_(self.head.weight)  # loss at init is exactly ln(vocab)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def init_cache(self, batch_size: int) -> dict:
+        """An empty decoding cache (blagpt's optional incremental-decoding method): the position
+        reached and each block's keys and values."""
+        return {"pos": 0, "kv": [[None, None] for _ in self.blocks]}
+
+    def forward(self, idx: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
         T = idx.shape[1]
-        x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))
-        for block in self.blocks:
-            x = block(x)
+        start = 0 if cache is None else cache["pos"]
+        if start + T > self.max_seq_len:
+            raise ValueError(f"positions up to {start + T} exceed max_seq_len {self.max_seq_len}")
+        x = self.wte(idx) + self.wpe(torch.arange(start, start + T, device=idx.device))
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if cache is None else cache["kv"][i])
+        if cache is not None:
+            cache["pos"] += T
         logits = self.head(self.ln_f(x))
         if self.training:
             self.forwards += 1
             if self.cfg.hold_at is not None and self.forwards == self.cfg.hold_at:
                 self._hold()
+            if self.cfg.warn_at is not None and self.forwards == self.cfg.warn_at:
+                import warnings
+
+                warnings.warn("tinylm test notice: a library speaking during training")
         if self.training and self.cfg.nan_after is not None:
             self.calls += 1
             if self.calls > self.cfg.nan_after:

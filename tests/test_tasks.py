@@ -204,3 +204,42 @@ def test_task_runs_refuse_shard_data(workdir):
     cfg = resolve(merge_sources(sets=["model.name=tinylm", "task.name=mqar", "task.n_pairs=4"]), reg)
     assert cfg.task.n_pairs == 4 and cfg.task.queries == 4 and cfg.on_task
     assert resolve(merge_sources(sets=["model.name=tinylm"]), reg).task.name == "lm"
+
+
+def test_accuracy_ranks_and_tunes_higher_is_better():
+    from blagpt.compare.leaderboard import ACCURACY, RunData, columns, summarize, terminal_table
+    from blagpt.compare.tune import Grid, choose
+
+    def run(entry, seed, acc, slice_name="val"):
+        return RunData(name=f"{entry}.s{seed}", entry=entry, seed=seed, status="FINISHED", params={"task.name": "mqar", "state_size_bytes": "64"},
+                       evals=[{"step": 10, f"{slice_name}/accuracy": acc, f"{slice_name}/loss": 1.0}])
+
+    runs = [run("weak", s, 0.2 + 0.01 * s) for s in range(3)] + [run("strong", s, 0.9 + 0.01 * s) for s in range(3)]
+    stats = summarize(runs, ["weak", "strong"], score=ACCURACY)
+    assert [e.label for e in stats] == ["strong", "weak"] and stats[0].p_value < 0.01  # better = higher, and significant
+    assert stats[0].state_size_bytes == 64
+    table = terminal_table(stats)
+    assert "val accuracy" in table and "val bpb" not in table and "val accuracy" in columns(ACCURACY)
+    grid = Grid.parse(["optimizer.lr=1e-3,3e-3"])
+    (p1,), (p2,) = grid.points()
+    c = choose("e", grid, {(p1,): run("e", 0, 0.4, "tune"), (p2,): run("e", 0, 0.7, "tune")}, ACCURACY)
+    assert c.best == (p2,)  # the highest tuning accuracy; val accuracy is never read
+
+
+def test_bench_on_a_task_with_a_sweep(workdir):
+    base = ["--set", "train.seq_len=16", "--set", "train.micro_batch_size=8", "--set", "train.eval_interval=2", "--set", "task.vocab_size=24",
+            "--set", "task.n_train=64", "--set", "task.n_test=16", "--set", "model.n_layers=1", "--no-track"]
+    proc = run_cli(["bench", "--task", "mqar", "--models", "tinylm,tinylm@wide", "--budget", "steps=2", "--sweep", "task.n_pairs=2,3",
+                    "--name", "b", *base], check=0)
+    assert "val accuracy" in proc.stdout and "val bpb" not in proc.stdout
+    rows = list(csv.DictReader((workdir / "runs" / "b" / "leaderboard.csv").open()))
+    assert sorted(r["entry"] for r in rows) == ["tinylm n_pairs=2", "tinylm n_pairs=3", "tinylm@wide n_pairs=2", "tinylm@wide n_pairs=3"]
+    assert all(0.0 <= float(r["val_accuracy_mean"]) <= 1.0 and r["seeds_ok"] == "1" for r in rows)
+    state = {r["entry"]: float(r["state_size_bytes"]) for r in rows}
+    assert state["tinylm n_pairs=2"] == 2 * 1 * 16 * 64 * 4 and state["tinylm@wide n_pairs=3"] == 2 * 1 * 16 * 128 * 4  # KV caches
+    sweep = (workdir / "runs" / "b" / "sweep.md").read_text()
+    assert "| tinylm | " in sweep and "n_pairs=3" in sweep
+    for png in ("sweep_task.n_pairs.png", "sweep_state.png", "accuracy_vs_tokens.png"):
+        assert (workdir / "runs" / "b" / png).stat().st_size > 1000
+    configs = sorted((workdir / "runs" / "b" / "configs").glob("*.yaml"))
+    assert len(configs) == 4 and all("n_pairs" in c.read_text() for c in configs)

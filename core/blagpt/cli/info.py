@@ -62,18 +62,20 @@ def config_show(model, optimizer, task, config_file, sets):
 @config.command("schema", context_settings=CONTEXT)
 @click.option("--model", help="Type the model section by this model's config (default: the generic base).")
 @click.option("--optimizer", default="adamw", show_default=True, help="Type the optimizer section by this optimizer's config.")
-def config_schema(model, optimizer):
+@click.option("--task", default="lm", show_default=True, help="Type the task section by this task's config (with --model).")
+def config_schema(model, optimizer, task):
     """Print the run config's JSON Schema.
 
     \b
     Examples:
       blagpt config schema
       blagpt config schema --model blagpt --optimizer soap
+      blagpt config schema --model blagpt --task mqar
     """
     import json
 
     from ..config import RunConfig, concrete_class
     from ..plugin.registry import get_registry
 
-    cls = concrete_class(get_registry(), model, optimizer) if model else RunConfig
+    cls = concrete_class(get_registry(), model, optimizer, task) if model else RunConfig
     click.echo(json.dumps(cls.model_json_schema(), indent=2))

@@ -101,7 +101,7 @@ def test_config_show_is_the_resolved_yaml_and_round_trips(tmp_path, reg):
 
 def test_config_schema_is_json_schema():
     generic = json.loads(run_cli(["config", "schema"], check=0).stdout)
-    assert set(generic["properties"]) == {"model", "optimizer", "data", "train", "tracking"}
+    assert set(generic["properties"]) == {"model", "optimizer", "task", "data", "train", "tracking"}
     typed = json.loads(run_cli(["config", "schema", "--model", "tinylm"], check=0).stdout)
     model_ref = typed["properties"]["model"]["$ref"].split("/")[-1]
     assert "d_model" in typed["$defs"][model_ref]["properties"]

@@ -30,6 +30,10 @@ _EXPORTS = {
     "OptimizerConfig": "plugin.specs",
     "OptimizerSpec": "plugin.specs",
     "TokenizerSpec": "plugin.specs",
+    "Task": "plugin.specs",
+    "TaskConfig": "plugin.specs",
+    "TaskSequences": "plugin.specs",
+    "TaskSpec": "plugin.specs",
     "Tokenizer": "data.tokenizers",
     "BlagptError": "errors",
     "ConfigError": "errors",
@@ -61,4 +65,5 @@ if TYPE_CHECKING:
     from .plugin.hookspecs import hookimpl
     from .data.tokenizers import Tokenizer
     from .plugin.specs import Batch, BuildContext, LossOutput, ModelConfig, ModelSpec, OptimizerConfig, OptimizerSpec, TokenizerSpec
+    from .plugin.specs import Task, TaskConfig, TaskSequences, TaskSpec
     from .run.trainer import TrainResult, train

@@ -3,7 +3,7 @@
 Merge order, later wins: schema defaults < the model plugin's presets (``model.preset``) <
 the ``--config`` file (YAML or TOML) < ``--set a.b=value`` (values parsed as YAML scalars).
 
-The ``model`` and ``optimizer`` sections are typed by the config classes their plugins registered:
+The ``model``, ``optimizer`` and ``task`` sections are typed by the config classes their plugins registered:
 :func:`resolve` builds the concrete ``RunConfig`` class for the chosen names, so every error,
 inside a plugin's section too, carries its full dotted path.
 """
@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from .errors import ConfigError
-from .plugin.specs import ModelConfig, OptimizerConfig
+from .plugin.specs import ModelConfig, OptimizerConfig, TaskConfig
 
 if TYPE_CHECKING:
     from .plugin.registry import Registry
@@ -175,15 +175,23 @@ class TrackingConfig(_Section):
 
 
 class RunConfig(_Section):
-    """A whole run. ``model`` and ``optimizer`` are narrowed to the plugins' classes by :func:`resolve`."""
+    """A whole run. ``model``, ``optimizer`` and ``task`` are narrowed to the plugins' classes by :func:`resolve`."""
 
     model: ModelConfig
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    task: TaskConfig = Field(default_factory=TaskConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
+    @property
+    def on_task(self) -> bool:
+        """Whether the run trains on a generated task (``task.name`` other than ``lm``)."""
+        return self.task.name != "lm"
+
     def tokenizer_name(self, registry: "Registry") -> str:
+        if self.on_task:
+            return f"task:{self.task.name}"
         if self.data.tokenizer != "auto":
             return self.data.tokenizer
         return registry.model_spec(self.model.name).tokenizers[0]
@@ -286,15 +294,17 @@ def replace_budget(raw: dict[str, Any], item: str) -> dict[str, Any]:
 # -- validation ---------------------------------------------------------------------------
 
 
-def concrete_class(registry: "Registry", model: str, optimizer: str) -> type[RunConfig]:
-    """``RunConfig`` with ``model``/``optimizer`` typed by the registered plugin classes."""
+def concrete_class(registry: "Registry", model: str, optimizer: str, task: str = "lm") -> type[RunConfig]:
+    """``RunConfig`` with ``model``/``optimizer``/``task`` typed by the registered plugin classes."""
     mspec = registry.model_spec(model)
     ospec = registry.optimizer_spec(optimizer)
+    tspec = registry.task_spec(task)
     return create_model(
-        f"RunConfig_{model}_{optimizer}",
+        f"RunConfig_{model}_{optimizer}_{task}",
         __base__=RunConfig,
         model=(mspec.config, ...),
         optimizer=(ospec.config, Field(default_factory=lambda: ospec.config(name=optimizer))),
+        task=(tspec.config, Field(default_factory=lambda: tspec.config(name=task))),
     )
 
 
@@ -303,7 +313,7 @@ def resolve(raw: dict[str, Any], registry: "Registry") -> RunConfig:
     from .plugin.registry import PluginError
 
     raw = copy.deepcopy(raw)
-    for section in ("model", "optimizer"):
+    for section in ("model", "optimizer", "task"):
         if not isinstance(raw.setdefault(section, {}), dict):
             raise ConfigError(f"{section}: expected a section (mapping), got {raw[section]!r}")
     model_name = raw["model"].get("name")
@@ -311,15 +321,17 @@ def resolve(raw: dict[str, Any], registry: "Registry") -> RunConfig:
         known = ", ".join(sorted(registry.models)) or "none installed"
         raise ConfigError(f"model.name: required (use --model NAME); known models: {known}")
     opt_name = raw["optimizer"].setdefault("name", "adamw")
+    task_name = raw["task"].setdefault("name", "lm")
     for field, lookup, name in (
         ("model.name", registry.model_spec, model_name),
         ("optimizer.name", registry.optimizer_spec, opt_name),
+        ("task.name", registry.task_spec, task_name),
     ):
         try:
             lookup(str(name))
         except PluginError as e:
             raise ConfigError(f"{field}: {e}") from None
-    cls = concrete_class(registry, str(model_name), str(opt_name))
+    cls = concrete_class(registry, str(model_name), str(opt_name), str(task_name))
     raw["model"] = apply_presets(raw["model"], registry)
     try:
         cfg = cls.model_validate(raw)
@@ -327,7 +339,12 @@ def resolve(raw: dict[str, Any], registry: "Registry") -> RunConfig:
         raise ConfigError(format_validation_error(e, cls)) from None
     tok = cfg.data.tokenizer
     spec = registry.model_spec(cfg.model.name)
-    if tok != "auto":
+    if cfg.on_task:
+        given = [f"data.{k}" for k in ("train", "val") if getattr(cfg.data, k) is not None] + (["data.tokenizer"] if tok != "auto" else [])
+        if given:
+            raise ConfigError(f"{given[0]}: task {cfg.task.name!r} generates its own sequences and vocabulary; unset {' and '.join(given)} "
+                              "(or train with task.name=lm)")
+    elif tok != "auto":
         try:
             registry.tokenizer_spec(tok)
         except PluginError as e:

@@ -24,16 +24,18 @@ def _config_options(f):
     f = click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML or TOML run config.")(f)
     f = click.option("--optimizer", help="Optimizer name (see `blagpt list`); default adamw.")(f)
     f = click.option("--model", help="Model name (see `blagpt list`).")(f)
+    f = click.option("--task", help="Task (task.name): `lm` (default, language modelling on the data) or a generated task such as "
+                     "`mqar` (see `blagpt list`).")(f)
     return f
 
 
-def _resolve(model, optimizer, config_file, sets, extra_sets=()):
+def _resolve(model, optimizer, config_file, sets, extra_sets=(), task=None):
     from ..config import merge_sources, resolve
     from ..plugin.registry import get_registry
 
     raw = merge_sources(config_file, tuple(extra_sets) + tuple(sets))
     # --model/--optimizer name the plugin; a file may set them too, the flags win.
-    for section, value in (("model", model), ("optimizer", optimizer)):
+    for section, value in (("model", model), ("optimizer", optimizer), ("task", task)):
         if value:
             raw.setdefault(section, {})
             if not isinstance(raw[section], dict):

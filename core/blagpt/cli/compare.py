@@ -30,6 +30,17 @@ def _remember(ctx, param, value):
     return value
 
 
+TASK_NOTE = (
+    "val loss and val accuracy: mean ± sample sd over seeds of the final evaluation at the answer positions of the task's "
+    "fixed test sequences (the same for every entry and seed: the task's own seed generates them); val loss in nats per "
+    "answer; accuracy: the share of answers where the argmax of the logits is the answer; 95% CI: Student-t confidence "
+    "interval of the mean accuracy. p vs baseline: one-sided Welch t-test that the entry's accuracy is higher than the "
+    "baseline's (needs 2+ seeds); p (Holm): adjusted for comparing many entries with one baseline; * marks a p from fewer "
+    "than 3 seeds on a side. params w/o emb.: parameters without embedding tables and output head. tokens/s: median of the "
+    "logged windows; all means over seeds."
+)
+
+
 def _common(f):
     f = click.option("--address", expose_value=False, callback=_remember, metavar="ADDR",
                      help="With --executor ray: the Ray cluster's address (default: $RAY_ADDRESS, else a local Ray started for the bench).")(f)
@@ -88,14 +99,15 @@ def _executor(launcher_text, raw):
     return ex
 
 
-def _report(bench, stats, title, note, params, interrupted, budget=""):
+def _report(bench, stats, title, note, params, interrupted, budget="", extra_files=None):
     from ..compare.leaderboard import terminal_table, write_leaderboard
 
     files = write_leaderboard(stats, bench.dir, title, note, budget)
+    files.update(extra_files or {})
     if getattr(bench, "choices", None):
         from ..compare.tune import choices_params, write_tuning
 
-        files.update(write_tuning(bench.grid, bench.choices, bench.dir, f"tuning of bench {bench.name}"))
+        files.update(write_tuning(bench.grid, bench.choices, bench.dir, f"tuning of bench {bench.name}", bench.score))
         params = {**params, **choices_params(bench.choices)}
     click.echo("")
     click.echo(terminal_table(stats))
@@ -107,6 +119,8 @@ def _report(bench, stats, title, note, params, interrupted, budget=""):
     click.echo("")
     click.echo(f"leaderboard (every column): {files['md']} and {files['csv']}")
     click.echo(f"plots: {' '.join(str(v) for k, v in files.items() if k.startswith('png'))}")
+    if "sweep_md" in files:
+        click.echo(f"sweep table: {files['sweep_md']}")
     if run_id:
         click.echo(f"MLflow parent run: {run_id} (experiment {bench.experiment!r}); its runs are nested under it")
     return files
@@ -130,9 +144,13 @@ def _eval_text(bench) -> str:
 @click.option("--tune", "tunes", multiple=True, metavar="FIELD=V1,V2,...",
               help="Tune FIELD for every entry alike (repeatable: the grid is their product): one trial per value at the first "
               "seed, scored on a tuning slice disjoint from the validation slice, then the seeds at each entry's best.")
+@click.option("--task", help="Task of every run (task.name): `lm` (default) or a generated task such as `mqar`, ranked by "
+              "accuracy at its answer positions (higher is better); task.* fields go in --set.")
+@click.option("--sweep", "sweep_item", metavar="FIELD=V1,V2,...", help="Train every entry at each value of FIELD (e.g. "
+              "task.n_pairs=4,8,16,32) and plot the score against it and against the models' state size.")
 @_common
-def bench(models, optimizers, tokenizers, budget, baseline, tunes, config_file, sets, seeds, name, launcher, retry_failed, tracking_uri,
-          no_track):
+def bench(models, optimizers, tokenizers, budget, baseline, tunes, task, sweep_item, config_file, sets, seeds, name, launcher, retry_failed,
+          tracking_uri, no_track):
     """Train every model x optimizer x seed on equal terms and print the leaderboard.
 
     Every run gets the same data, sequence length, global batch, validation text and budget
@@ -148,36 +166,55 @@ def bench(models, optimizers, tokenizers, budget, baseline, tunes, config_file, 
       blagpt bench --models blagpt@blagpt+tiny --optimizers adamw,soap,muon --budget time=5m
       blagpt bench --models blagpt@gpt2+tiny --tokenizers gpt2,hf:tok/tokenizer.json --budget flops=5e13
       blagpt bench --models blagpt@gpt2+tiny,rene@tiny --tune optimizer.lr=1e-3,3e-3,1e-2 --budget tokens=1M --seeds 3
+      blagpt bench --task mqar --models blagpt@gpt2+tiny,rwkv7@tiny --sweep task.n_pairs=4,8,16,32 --budget steps=500 --seeds 3
     """
     from ..compare.bench import Bench
     from ..compare.leaderboard import summarize
     from ..compare.plan import parse_models
+    from ..compare.sweep import Sweep, write_sweep
     from ..compare.tune import Grid
     from ..errors import ConfigError
 
     opts = [o.strip() for o in optimizers.split(",") if o.strip()]
     toks = [t.strip() for t in tokenizers.split(",") if t.strip()] if tokenizers else None
     entries = parse_models(models, opts, toks)
+    model_labels = [e.label for e in entries]
+    sweep = Sweep.parse(sweep_item) if sweep_item else None
+    where = {}
+    if sweep is not None:
+        entries, where = sweep.cells(entries)
     labels = [e.label for e in entries]
     if baseline is not None and baseline not in labels:
         raise ConfigError(f"--baseline {baseline!r}: not an entry; entries: {', '.join(labels)}")
     grid = Grid.parse(tunes)
+    if sweep is not None and sweep.field in dict(grid.fields):
+        raise ConfigError(f"--sweep {sweep.field}: also tuned (--tune); a field is either swept or tuned")
     raw = _base(config_file, sets, budget, tracking_uri, no_track)
+    if task:
+        from ..config import merge_sources
+
+        raw = merge_sources(base=raw, sets=[f"task.name={task}"])
     identity = {"entries": [asdict(e) for e in entries], "launcher": launcher}
     if grid:
         identity["tune"] = [list(f) for f in grid.fields]
     b = Bench("bench", identity, raw, seeds, name, _launcher(launcher), retry_failed, echo=click.echo, executor=_executor(launcher, raw))
     b.grid = grid
     tuned = f", each tuned over {len(grid.points())} point(s) of {' x '.join(f for f, _ in grid.fields)}" if grid else ""
-    click.echo(f"bench {b.name}: {len(entries)} entries x {seeds} seed(s){tuned}, budget {budget}; folder {b.dir}")
+    swept = f" x {len(sweep.values)} value(s) of {sweep.field}" if sweep else ""
+    on = f", task {task}" if task and task != "lm" else ""
+    click.echo(f"bench {b.name}: {len(model_labels)} entries{swept} x {seeds} seed(s){tuned}{on}, budget {budget}; folder {b.dir}")
     data, interrupted = b.run(entries, grid)
-    stats = summarize(data, labels, baseline)
+    stats = summarize(data, labels, baseline, b.score)
     params = {"bench.models": models, "bench.optimizers": optimizers, "bench.tokenizers": tokenizers or "each model's own",
-              "bench.budget": budget, "bench.seeds": seeds, "bench.baseline": baseline or labels[0]}
+              "bench.budget": budget, "bench.seeds": seeds, "bench.baseline": baseline or labels[0], "bench.task": task or "lm"}
     if grid:
         params["bench.tune"] = " ".join(tunes)
-    title = f"bench {b.name}: {', '.join(labels)}; budget {budget}; {seeds} seed(s){tuned}"
-    _report(b, stats, title, NOTE.format(what=_eval_text(b)), params, interrupted, budget)
+    if sweep:
+        params["bench.sweep"] = sweep_item
+    title = f"bench {b.name}: {', '.join(model_labels)}{swept}{on}; budget {budget}; {seeds} seed(s){tuned}"
+    extra = write_sweep(stats, sweep, where, model_labels, b.dir, title, b.score) if sweep else None
+    note = NOTE.format(what=_eval_text(b)) if b.score.key == "bpb" else TASK_NOTE
+    _report(b, stats, title, note, params, interrupted, budget, extra_files=extra)
     _exit_if(interrupted, data)
 
 
@@ -308,7 +345,7 @@ def compare(refs, tracking_uri, experiment, baseline, out_dir, timeout_s):
     """
     from pathlib import Path
 
-    from ..compare.leaderboard import comparable_groups, summarize, terminal_table, write_leaderboard
+    from ..compare.leaderboard import comparable_groups, score_for, summarize, terminal_table, write_leaderboard
     from ..compare.mlflow_runs import find_runs, is_trial, run_data
     from ..errors import BlagptError
     from ..run.tracking import connect, one_line
@@ -338,9 +375,11 @@ def compare(refs, tracking_uri, experiment, baseline, out_dir, timeout_s):
         base = baseline if baseline in labels else None
         if baseline is not None and base is None and len(groups) == 1:
             base = baseline  # summarize names the unknown entry
-        stats = summarize(runs_i, labels, base)
+        score = score_for(str(runs_i[0].params.get("task.name", "lm")))
+        stats = summarize(runs_i, labels, base, score)
         files = write_leaderboard(stats, where, f"compare {' '.join(refs)}" + (f" (group {i}: {budget}, {text})" if len(groups) > 1 else ""),
-                                  note + f" Budget {budget}; validation text: {text}.", budget)
+                                  (note if score.key == "bpb" else TASK_NOTE.replace("sd over seeds", "sd over the runs of an entry"))
+                                  + f" Budget {budget}; validation text: {text}.", budget)
         if len(groups) > 1:
             click.echo(f"\ngroup {i}: {budget}; validation {text}")
         click.echo(terminal_table(stats))
@@ -350,13 +389,14 @@ def compare(refs, tracking_uri, experiment, baseline, out_dir, timeout_s):
 
 
 def entry_metrics(stats) -> dict[str, float]:
-    """Each entry's figures for the parent run: mean, sd and 95% CI of val bpb, raw and Holm p."""
+    """Each entry's figures for the parent run: mean, sd and 95% CI of its score (val bpb, or val
+    accuracy under a task), raw and Holm p."""
     out = {}
     for e in stats:
-        k = _key(e.label)
+        k, m = _key(e.label), f"val_{e.score.key}"
         ci = e.ci
-        figures = {"val_bpb_mean": e.mean(e.bpb), "val_bpb_sd": e.std(e.bpb), "p": e.p_value, "p_holm": e.p_holm,
-                   "val_bpb_ci95_lo": ci and ci[0], "val_bpb_ci95_hi": ci and ci[1]}
+        figures = {f"{m}_mean": e.mean(e.values), f"{m}_sd": e.std(e.values), "p": e.p_value, "p_holm": e.p_holm,
+                   f"{m}_ci95_lo": ci and ci[0], f"{m}_ci95_hi": ci and ci[1]}
         out.update({f"{name}/{k}": v for name, v in figures.items() if v is not None})
     return out
 

@@ -19,7 +19,7 @@ from . import CONTEXT, _config_options, _resolve, cli
 @click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db).")
 @click.option("--no-track", is_flag=True, help="Do not log to MLflow (the run folder still records everything).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
-def train(model, optimizer, config_file, sets, resume, restart, until_step, tracking_uri, no_track, progress):
+def train(model, optimizer, task, config_file, sets, resume, restart, until_step, tracking_uri, no_track, progress):
     """Train a model (single process, or every rank under torchrun).
 
     A run's name (tracking.run_name) is taken once it has a checkpoint: --resume continues it,
@@ -30,6 +30,7 @@ def train(model, optimizer, config_file, sets, resume, restart, until_step, trac
       blagpt train --model blagpt
       blagpt train --model blagpt --optimizer soap --set train.steps=300
       blagpt train --model rene --config run.yaml --tracking-uri http://127.0.0.1:5000
+      blagpt train --model tinylm --task mqar --set task.n_pairs=8 --set train.seq_len=64
       blagpt train --resume blagpt-20261127-120000-000 --set train.steps=400
       blagpt train --resume <MLflow run id> --tracking-uri http://mlflow.example:5000   # from another machine
     """
@@ -41,7 +42,7 @@ def train(model, optimizer, config_file, sets, resume, restart, until_step, trac
     extra += ["tracking.enabled=false"] if no_track else []
     point = None
     if resume:
-        if model or optimizer or config_file or restart:
+        if model or optimizer or task or config_file or restart:
             raise click.UsageError("--resume takes the run's own config; only --set may change it (e.g. train.steps)")
         from ..run.fetch import find_run
 
@@ -50,7 +51,7 @@ def train(model, optimizer, config_file, sets, resume, restart, until_step, trac
         point = Resume.open(resume, out_dir)
         cfg = point.config(tuple(extra) + tuple(sets), get_registry())
     else:
-        cfg = _resolve(model, optimizer, config_file, sets, extra)
+        cfg = _resolve(model, optimizer, config_file, sets, extra, task=task)
     result = run_training(cfg, resume=point, until_step=until_step, progress=progress, echo=click.echo, restart=restart)
     if int(os.environ.get("RANK", "0")) == 0:
         _summary(result, cfg)
@@ -69,7 +70,9 @@ def _summary(result, cfg) -> None:
         p = cfg.train.eval_on
         what = "last evaluation" if result.interrupted else "final"
         at = result.final_step if result.final_step is not None else result.step
-        click.echo(f"{what}: {p} loss {f[f'{p}/loss']:.4f} nats/token | {p} bpb {f[f'{p}/bpb']:.4f} at step {at}")
+        from ..run.evaluator import describe
+
+        click.echo(f"{what}: {describe(f, p)} at step {at}")
     click.echo(f"run folder: {result.run_dir}")
     if result.mlflow_run_id:
         from ..run.tracking import ui_url

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..run.rundir import FolderLock, RunDir
-from .leaderboard import RunData
+from .leaderboard import RunData, score_for
 from .parent import ParentRun
 from .plan import Child, Entry, Plan, section
 from .tune import Choice, Grid, choose, point_sets, tuned_tag
@@ -55,6 +55,7 @@ class Bench:
         self.supervisor = Supervisor(self.dir / "logs", launcher or [sys.executable], echo)
         self.executor = executor or Sequential()  # where the runs execute (:mod:`.executor`)
         self.grid: Grid | None = None
+        self.score = score_for(str(section(self.base_raw, "task").get("name", "lm")))  # what the runs are ranked and tuned on
         self.choices: list[Choice] = []
         self.parent = ParentRun(self.dir, kind, self.name, self.plan.tracking_uri, self.experiment, self.plan.tracking_enabled, echo)
 
@@ -86,7 +87,7 @@ class Bench:
         finals, tags, unplaced = [], {}, []
         for e in entries:
             mine = {tuple(p): self.run_data(c) for p, c in zip(_points(grid, len(entries)), trials) if c.entry.label == e.label}
-            choice = choose(e.label, grid, mine) if not self.stopping else Choice(e.label, error="tuning interrupted")
+            choice = choose(e.label, grid, mine, self.score) if not self.stopping else Choice(e.label, error="tuning interrupted")
             self.choices.append(choice)
             if choice.best is None:
                 unplaced.append(e)
@@ -95,7 +96,7 @@ class Bench:
             finals.append(final)
             tags[final] = {"blagpt.tuned": tuned_tag(choice)}
             if not self.stopping:
-                self.echo(f"tuned {e.label}: {tuned_tag(choice)} (tuning bpb {choice.best_score:.4f})")
+                self.echo(f"tuned {e.label}: {tuned_tag(choice)} (tuning {self.score.words} {choice.best_score:.4f})")
         children = self.plan.children(finals, self.registry, self.echo, tags=tags) if not self.stopping else []
         self.progress.total = len(trials) + len(children) + len(unplaced) * self.seeds
         self.run_all(children)
@@ -154,9 +155,9 @@ class Bench:
         who = "" if isinstance(self.executor, Sequential) else f" {child.name}"  # runs beside each other: say which
         if outcome.rc == 0 and status == "FINISHED":
             on = child.config.train.eval_on
-            final = _last_eval(run, on)
+            final = _last_eval(run, on, self.score.key)
             eta = self.progress.eta()
-            self.echo((f"    ->{who} {on} bpb {final:.4f} ({seconds:.0f} s)" if final is not None else f"    ->{who} finished")
+            self.echo((f"    ->{who} {on} {self.score.words} {final:.4f} ({seconds:.0f} s)" if final is not None else f"    ->{who} finished")
                       + (f"; about {eta} left" if eta else ""))
         elif outcome.stopping or status == "KILLED":
             self.supervisor.stopping = True
@@ -206,8 +207,8 @@ def _points(grid: Grid, n_entries: int):
             yield point
 
 
-def _last_eval(run: RunDir, on: str = "val") -> float | None:
-    vals = [r["value"] for r in run.metrics.read() if r["key"] == f"{on}/bpb"]
+def _last_eval(run: RunDir, on: str = "val", key: str = "bpb") -> float | None:
+    vals = [r["value"] for r in run.metrics.read() if r["key"] == f"{on}/{key}"]
     return vals[-1] if vals else None
 
 

@@ -11,6 +11,10 @@ degrees of freedom), and, since one baseline is compared with many entries at on
 adjusted by Holm's step-down method (Holm 1979), which keeps the chance of any false "better"
 at 5% over the whole table. A p-value from fewer than 3 seeds on a side is flagged: with 2 seeds
 the variance estimate has one degree of freedom and the test has little power.
+
+The score is a :class:`Score`: val bpb (lower is better) for language modelling, val accuracy at
+the answer positions (higher is better) for a generated task (``task.name``); statistics, tables,
+plots and the tuning choice (:mod:`.tune`) follow its key and direction.
 """
 
 from __future__ import annotations
@@ -23,8 +27,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-SERIES_KEYS = ("val/loss", "val/bpb", "val/bytes", "tune/loss", "tune/bpb", "tune/bytes", "train/tokens", "train/elapsed_s",
-               "train/flops")
+SERIES_KEYS = ("val/loss", "val/bpb", "val/bytes", "tune/loss", "tune/bpb", "tune/bytes", "val/accuracy", "tune/accuracy",
+               "train/tokens", "train/elapsed_s", "train/flops")
+
+
+@dataclass(frozen=True)
+class Score:
+    """What a leaderboard ranks on: the final evaluation's ``<slice>/<key>`` and its direction."""
+
+    key: str  # "bpb" or "accuracy"
+    words: str  # as the tables and plots say it
+    higher_is_better: bool
+    loss_unit: str  # what val/loss is per
+
+    def better(self, a: float, b: float) -> bool:
+        return a > b if self.higher_is_better else a < b
+
+
+BPB = Score("bpb", "bpb", False, "nats/token")
+ACCURACY = Score("accuracy", "accuracy", True, "nats/answer")
+
+
+def score_for(task: str | None) -> Score:
+    """The score of runs of task ``task``: bpb for language modelling (``lm``), else accuracy."""
+    return BPB if task in (None, "", "None", "lm") else ACCURACY
 FEW_SEEDS = 3  # p-values from fewer seeds than this on a side are flagged
 SCALAR_KEYS = ("train/tokens_per_s", "train/peak_mem_mb")
 
@@ -54,9 +80,10 @@ class RunData:
     def ok(self) -> bool:
         return self.status == "FINISHED" and bool(self.evals) and self.error is None
 
-    def score(self, slice_name: str = "val") -> float | None:
-        """The final evaluation's bpb on ``slice_name`` (``val``, or ``tune`` for tuning trials)."""
-        return self.final.get(f"{slice_name}/bpb")
+    def score(self, slice_name: str = "val", key: str = "bpb") -> float | None:
+        """The final evaluation's ``key`` (``bpb``, ``accuracy``) on ``slice_name`` (``val``, or
+        ``tune`` for tuning trials)."""
+        return self.final.get(f"{slice_name}/{key}")
 
     @property
     def final(self) -> dict[str, float]:
@@ -76,7 +103,8 @@ class RunData:
                 tps.append(float(r["value"]))
             elif r["key"] == "train/peak_mem_mb":
                 mem.append(float(r["value"]))
-        evals = [{"step": s, **v} for s, v in sorted(by_step.items()) if "val/bpb" in v or "tune/bpb" in v]
+        scored = ("val/bpb", "tune/bpb", "val/accuracy", "tune/accuracy")
+        evals = [{"step": s, **v} for s, v in sorted(by_step.items()) if any(k in v for k in scored)]
         return cls(evals=evals, tokens_per_s=statistics.median(tps) if tps else None, peak_mem_mb=max(mem) if mem else None, **fields)
 
 
@@ -89,8 +117,12 @@ def terms(r: RunData) -> tuple[str, str]:
     """What must be equal for two runs to be compared: (budget, validation text), in words."""
     p = r.params
     budget = next((f"{k}={_param(p, f'train.{k}')}" for k in ("tokens", "flops", "time_s", "steps") if _param(p, f"train.{k}")), "budget ?")
-    text = _param(p, "data.val") or "the embedded corpus"
     on = _param(p, "train.eval_on") or "val"
+    task = _param(p, "task.name")
+    if task not in (None, "lm"):  # a generated task: its config (data seed included) fixes the test sequences
+        fields = ", ".join(f"{k[5:]}={v}" for k, v in sorted(p.items()) if k.startswith("task.") and k != "task.name")
+        return budget, f"task {task} ({fields}; seq_len {_param(p, 'train.seq_len')})" + ("" if on == "val" else f" ({on} split)")
+    text = _param(p, "data.val") or "the embedded corpus"
     size = f"{int(float(_param(p, 'train.eval_bytes'))):,} bytes" if _param(p, "train.eval_bytes") else \
         f"{_param(p, 'train.eval_tokens') or '?'} {_param(p, 'tokenizer') or '?'} tokens"
     return budget, f"{size} of {text}" + ("" if on == "val" else f" ({on} slice)")
@@ -173,18 +205,25 @@ class EntryStats:
     n_params: float | None = None
     n_params_core: float | None = None  # without embedding tables and output head
     tuned: str = "-"
-    bpb: list[float] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)  # the final score of each finished seed
     loss: list[float] = field(default_factory=list)
+    score: Score = BPB
+    state_size_bytes: float | None = None  # the model's state per sequence at inference, where it reports it
     p_value: float | None = None
     p_holm: float | None = None
     few_seeds: bool = False  # p from fewer than FEW_SEEDS seeds on a side
     baseline: bool = False
 
     @property
+    def bpb(self) -> list[float]:
+        """The scores under their language-modelling name (``values`` whatever the score)."""
+        return self.values
+
+    @property
     def ci(self) -> tuple[float, float] | None:
-        """95% confidence interval of the mean val bpb over seeds (2+ seeds)."""
-        h = ci_half_width(self.bpb)
-        return None if h is None else (statistics.fmean(self.bpb) - h, statistics.fmean(self.bpb) + h)
+        """95% confidence interval of the mean score over seeds (2+ seeds)."""
+        h = ci_half_width(self.values)
+        return None if h is None else (statistics.fmean(self.values) - h, statistics.fmean(self.values) + h)
 
     @property
     def ok_runs(self) -> list[RunData]:
@@ -205,13 +244,14 @@ class EntryStats:
         return statistics.fmean(vals) if vals else None
 
 
-def summarize(runs: list[RunData], order: list[str], baseline: str | None = None) -> list[EntryStats]:
-    """Group ``runs`` by entry (in ``order``), compute statistics, and sort: the best mean val bpb
-    first, entries without a finished run last. p-values are against ``baseline`` (default: the
-    first entry of ``order``)."""
-    rows = {label: EntryStats(label, []) for label in order}
+def summarize(runs: list[RunData], order: list[str], baseline: str | None = None, score: Score = BPB) -> list[EntryStats]:
+    """Group ``runs`` by entry (in ``order``), compute statistics of ``score`` (val bpb, or val
+    accuracy for a task), and sort: the best mean first, entries without a finished run last.
+    p-values (one-sided: "better than the baseline" in the score's direction) are against
+    ``baseline`` (default: the first entry of ``order``)."""
+    rows = {label: EntryStats(label, [], score=score) for label in order}
     for r in runs:
-        rows.setdefault(r.entry, EntryStats(r.entry, [])).runs.append(r)
+        rows.setdefault(r.entry, EntryStats(r.entry, [], score=score)).runs.append(r)
     for e in rows.values():
         e.runs.sort(key=lambda r: r.seed)
         ref = e.ok_runs[0] if e.ok_runs else (e.runs[0] if e.runs else None)
@@ -222,7 +262,8 @@ def summarize(runs: list[RunData], order: list[str], baseline: str | None = None
             e.n_params = _float(ref.params.get("n_params"))
             e.n_params_core = _float(ref.params.get("n_params_non_embedding"))
             e.tuned = ref.tags.get("blagpt.tuned", "-")
-        e.bpb = [r.final["val/bpb"] for r in e.ok_runs if "val/bpb" in r.final]
+            e.state_size_bytes = _float(ref.params.get("state_size_bytes"))
+        e.values = [r.final[f"val/{score.key}"] for r in e.ok_runs if f"val/{score.key}" in r.final]
         e.loss = [r.final["val/loss"] for r in e.ok_runs if "val/loss" in r.final]
     base = baseline or (order[0] if order else None)
     if base is not None and base not in rows:
@@ -232,12 +273,14 @@ def summarize(runs: list[RunData], order: list[str], baseline: str | None = None
     for e in rows.values():
         e.baseline = e.label == base
         if base is not None and not e.baseline:
-            e.p_value = welch_p_less(e.bpb, rows[base].bpb)
-            e.few_seeds = e.p_value is not None and min(len(e.bpb), len(rows[base].bpb)) < FEW_SEEDS
+            mine, ref_values = e.values, rows[base].values
+            e.p_value = welch_p_less(ref_values, mine) if score.higher_is_better else welch_p_less(mine, ref_values)
+            e.few_seeds = e.p_value is not None and min(len(mine), len(ref_values)) < FEW_SEEDS
     adjusted = holm({e.label: e.p_value for e in rows.values() if e.p_value is not None})
     for label, p in adjusted.items():
         rows[label].p_holm = p
-    return sorted(rows.values(), key=lambda e: (not e.bpb, e.mean(e.bpb) if e.bpb else 0.0))
+    sign = -1.0 if score.higher_is_better else 1.0
+    return sorted(rows.values(), key=lambda e: (not e.values, sign * e.mean(e.values) if e.values else 0.0))
 
 
 # -- tables ------------------------------------------------------------------------------------
@@ -250,6 +293,12 @@ COLUMNS = (
 # the terminal's table: what fits 100 columns (the files hold every column)
 TERMINAL_COLUMNS = ("entry", "params w/o emb.", "val bpb", "95% CI", "p (Holm)", "tokens/s", "seeds", "status")
 TERMINAL_HEADERS = {"params w/o emb.": "params"}
+
+
+def columns(score: Score = BPB, names: tuple[str, ...] = COLUMNS) -> tuple[str, ...]:
+    """``names`` as headers for ``score``: its name for the score column and the loss's unit."""
+    return tuple(f"val {score.words}" if c == "val bpb" else f"val loss ({score.loss_unit})" if c == "val loss (nats/token)" else c
+                 for c in names)
 
 
 def _p(p: float | None, few: bool) -> str:
@@ -273,7 +322,7 @@ def table_rows(entries: list[EntryStats]) -> list[list[str]]:
             _si(e.n_params_core),
             _sci(e.of_runs(lambda r: r.final.get("train/flops"))),
             _mean_std(e.mean(e.loss), e.std(e.loss)),
-            _mean_std(e.mean(e.bpb), e.std(e.bpb)),
+            _mean_std(e.mean(e.values), e.std(e.values)),
             "-" if ci is None else f"[{ci[0]:.4f}, {ci[1]:.4f}]",
             _p(e.p_value, e.few_seeds),
             _p(e.p_holm, e.few_seeds),
@@ -292,7 +341,7 @@ def terminal_table(entries: list[EntryStats], width: int = 100) -> str:
     and statuses are shortened (leaderboard.md and .csv keep them whole)."""
     idx = [COLUMNS.index(c) for c in TERMINAL_COLUMNS]
     rows = [[r[i] for i in idx] for r in table_rows(entries)]
-    header = [TERMINAL_HEADERS.get(c, c) for c in TERMINAL_COLUMNS]
+    header = [TERMINAL_HEADERS.get(c, c) for c in columns(_score_of(entries), TERMINAL_COLUMNS)]
     def natural(i: int) -> int:
         return max(len(r[i]) for r in [header, *rows])
 
@@ -324,24 +373,31 @@ def markdown_table(header: Iterable[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _score_of(entries: list[EntryStats]) -> Score:
+    return entries[0].score if entries else BPB
+
+
 def csv_table(entries: list[EntryStats]) -> str:
     """Machine-readable leaderboard: full-precision numbers, one row per entry."""
     buf = io.StringIO()
     w = csv.writer(buf)
+    k = _score_of(entries).key
     w.writerow([
         "entry", "model", "optimizer", "tokenizer", "tuned", "params", "params_non_embedding", "train_flops",
-        "val_loss_mean", "val_loss_std", "val_bpb_mean", "val_bpb_std", "val_bpb_ci95_lo", "val_bpb_ci95_hi",
+        "val_loss_mean", "val_loss_std", f"val_{k}_mean", f"val_{k}_std", f"val_{k}_ci95_lo", f"val_{k}_ci95_hi",
         "p_value", "p_holm", "p_few_seeds", "tokens_per_s", "peak_mem_mb", "wall_s", "tokens", "seeds_ok", "seeds", "errors",
+        "state_size_bytes",
     ])
     for e in entries:
         ci = e.ci or (None, None)
         w.writerow([
             e.label, e.model, e.optimizer, e.tokenizer, "" if e.tuned == "-" else e.tuned, _num(e.n_params),
             _num(e.n_params_core), _num(e.of_runs(lambda r: r.final.get("train/flops"))), _num(e.mean(e.loss)),
-            _num(e.std(e.loss)), _num(e.mean(e.bpb)), _num(e.std(e.bpb)), _num(ci[0]), _num(ci[1]), _num(e.p_value),
+            _num(e.std(e.loss)), _num(e.mean(e.values)), _num(e.std(e.values)), _num(ci[0]), _num(ci[1]), _num(e.p_value),
             _num(e.p_holm), int(e.few_seeds) if e.p_value is not None else "", _num(e.of_runs(lambda r: r.tokens_per_s)),
             _num(e.of_runs(lambda r: r.peak_mem_mb)), _num(e.of_runs(lambda r: r.final.get("train/elapsed_s"))),
             _num(e.of_runs(lambda r: r.final.get("train/tokens"))), len(e.ok_runs), len(e.runs), "; ".join(e.errors),
+            _num(e.state_size_bytes),
         ])
     return buf.getvalue()
 
@@ -351,7 +407,7 @@ def write_leaderboard(entries: list[EntryStats], out_dir: Path, title: str, note
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = table_rows(entries)
     paths = {"md": out_dir / "leaderboard.md", "csv": out_dir / "leaderboard.csv"}
-    paths["md"].write_text(f"# {title}\n\n{note}\n\n" + markdown_table(COLUMNS, rows))
+    paths["md"].write_text(f"# {title}\n\n{note}\n\n" + markdown_table(columns(_score_of(entries)), rows))
     paths["csv"].write_text(csv_table(entries))
     paths.update(plot_curves(entries, out_dir, budget))
     return paths
@@ -401,17 +457,19 @@ def legend_outside(ax) -> None:
 
 
 def plot_curves(entries: list[EntryStats], out_dir: Path, budget: str = "") -> dict[str, Path]:
-    """Val bpb against training tokens, FLOPs (when the models report them) and wall time: one
-    line per entry (mean over seeds) with a band of one standard deviation; token and FLOP axes
-    are logarithmic."""
+    """Val bpb (or a task's val accuracy) against training tokens, FLOPs (when the models report
+    them) and wall time: one line per entry (mean over seeds) with a band of one standard
+    deviation; token and FLOP axes are logarithmic. Files ``<score>_vs_<axis>.png``."""
     out = {}
+    score = _score_of(entries)
+    what = "val bits per byte" if score is BPB else f"val {score.words}"
     axes = [("tokens", "train/tokens", "training tokens", True), ("time", "train/elapsed_s", "training wall time (s)", False)]
     if any(r.final.get("train/flops") for e in entries for r in e.ok_runs):
         axes.insert(1, ("flops", "train/flops", "training FLOPs", True))
     for key, x_key, xlabel, log_x in axes:
         plt, fig, ax = new_figure()
         for e in entries:
-            xs, ys, sds = mean_curve(e.ok_runs, x_key)
+            xs, ys, sds = mean_curve(e.ok_runs, x_key, f"val/{score.key}")
             keep = [i for i, x in enumerate(xs) if math.isfinite(x) and (x > 0 or not log_x)]
             if not keep:
                 continue
@@ -422,12 +480,12 @@ def plot_curves(entries: list[EntryStats], out_dir: Path, budget: str = "") -> d
         if log_x and ax.lines:
             ax.set_xscale("log")
         ax.set_xlabel(xlabel + (" (log scale)" if log_x else ""))
-        ax.set_ylabel("val bits per byte")
-        ax.set_title(f"val bpb against {xlabel}" + (f", budget {budget}" if budget else "") + " (mean ± 1 sd over seeds)", fontsize=9)
+        ax.set_ylabel(what)
+        ax.set_title(f"val {score.words} against {xlabel}" + (f", budget {budget}" if budget else "") + " (mean ± 1 sd over seeds)", fontsize=9)
         ax.grid(alpha=0.3, which="both")
         legend_outside(ax)
         fig.tight_layout()
-        path = out_dir / f"bpb_vs_{key}.png"
+        path = out_dir / f"{score.key}_vs_{key}.png"
         fig.savefig(path)
         plt.close(fig)
         out[f"png_{key}"] = path

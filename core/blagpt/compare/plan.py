@@ -112,6 +112,8 @@ def config_digest(cfg) -> str:
     data["train"].pop("seed", None)
     data["train"].pop("out_dir", None)
     data.pop("tracking", None)
+    if data.get("task") == {"name": "lm"}:  # the default task: run names as before tasks existed
+        data.pop("task")
     return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -123,7 +125,8 @@ class Plan:
             raise ConfigError(f"--seeds: expected at least 1, got {seeds}")
         self.kind, self.seeds = kind, seeds
         has_eval_bytes = section(base_raw, "train").get("eval_bytes") is not None
-        self.base_raw = merge_sources(base=base_raw, sets=[] if has_eval_bytes else [f"train.eval_bytes={DEFAULT_EVAL_BYTES}"])
+        on_task = section(base_raw, "task").get("name", "lm") != "lm"  # a generated task has its own test sequences
+        self.base_raw = merge_sources(base=base_raw, sets=[] if has_eval_bytes or on_task else [f"train.eval_bytes={DEFAULT_EVAL_BYTES}"])
         # the identity: what changes results (tracking settings and the seed count do not)
         self.identity = {"kind": kind, **identity, "base": {k: v for k, v in self.base_raw.items() if k != "tracking"}}
         key = hashlib.sha1(json.dumps(self.identity, sort_keys=True, default=str).encode()).hexdigest()[:8]

@@ -6,7 +6,10 @@ gives every entry the same grid (the product of the ``--tune`` fields) and the s
 run per grid point, at the bench's first seed, scored on the *tuning slice* (``train.eval_on=tune``:
 held-out text at the end of the validation split that never overlaps the reported validation
 slice). Each entry's best point (lowest tuning bpb) is then trained at every seed and scored on the
-validation slice as usual, so the reported numbers were never used to choose.
+validation slice as usual, so the reported numbers were never used to choose. Under a generated
+task (``task.name``) the trials score accuracy on the task's tuning sequences (generated from
+another seed than its test sequences) and the best is the highest: the choice follows the
+leaderboard's :class:`~.leaderboard.Score`.
 
 A chosen value at the edge of its field's grid is flagged: the optimum may lie outside it.
 """
@@ -21,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .leaderboard import RunData, legend_outside, markdown_table, new_figure
+from .leaderboard import BPB, RunData, Score, legend_outside, markdown_table, new_figure
 
 Point = tuple[tuple[str, str], ...]  # ((field, value as given), ...)
 
@@ -46,8 +49,8 @@ class Grid:
                 raise ConfigError(f"--tune {name}: given twice; list all its values in one --tune")
             if len(set(vals)) != len(vals):
                 raise ConfigError(f"--tune {item!r}: a value is listed twice")
-            if name.startswith(("train.seed", "train.eval_", "data.", "tracking.")) or name in BUDGET_FIELDS:
-                raise ConfigError(f"--tune {name}: not a tunable field (seeds, data, evaluation and budget are the bench's, the same for every entry)")
+            if name.startswith(("train.seed", "train.eval_", "data.", "tracking.", "task.")) or name in BUDGET_FIELDS:
+                raise ConfigError(f"--tune {name}: not a tunable field (seeds, data, the task, evaluation and budget are the bench's, the same for every entry)")
             fields[name] = vals
         return cls(tuple(fields.items()))
 
@@ -93,15 +96,17 @@ class Choice:
         return self.scores.get(self.best) if self.best is not None else None
 
 
-def choose(label: str, grid: Grid, trials: dict[Point, RunData]) -> Choice:
-    """The point with the lowest final tuning bpb among the trials that finished (ties: the first
-    in grid order). Reads only ``tune/*`` figures: a trial has no validation-slice scores."""
+def choose(label: str, grid: Grid, trials: dict[Point, RunData], score: Score = BPB) -> Choice:
+    """The point with the best final tuning ``score`` (the lowest bpb, the highest accuracy) among
+    the trials that finished (ties: the first in grid order). Reads only ``tune/*`` figures: a
+    trial has no validation-slice scores."""
     c = Choice(label)
     for point in grid.points():
         r = trials.get(point)
-        score = r.score("tune") if r is not None and r.ok else None
-        c.scores[point] = score if score is not None and math.isfinite(score) else None
-    done = [(s, i, p) for i, (p, s) in enumerate(c.scores.items()) if s is not None]
+        value = r.score("tune", score.key) if r is not None and r.ok else None
+        c.scores[point] = value if value is not None and math.isfinite(value) else None
+    sign = -1.0 if score.higher_is_better else 1.0
+    done = [(sign * s, i, p) for i, (p, s) in enumerate(c.scores.items()) if s is not None]
     if not done:
         c.error = "tuning: no trial finished"
         return c
@@ -140,22 +145,27 @@ def tuning_rows(grid: Grid, choices: list[Choice]) -> tuple[list[str], list[list
     return header, rows
 
 
-def write_tuning(grid: Grid, choices: list[Choice], out_dir: Path, title: str) -> dict[str, Path]:
+def write_tuning(grid: Grid, choices: list[Choice], out_dir: Path, title: str, score: Score = BPB) -> dict[str, Path]:
     """``tuning.md`` (the grid's scores per entry) and one plot per tuned field."""
     header, rows = tuning_rows(grid, choices)
     out = {"tuning_md": out_dir / "tuning.md"}
-    note = ("Tuning bpb: final bits per byte on the tuning slice (held-out text at the end of the validation split, "
-            "disjoint from the reported validation slice), one trial per point at the first seed; * the chosen point. "
-            "A chosen value at the edge of its grid is flagged: a better one may lie outside.")
+    if score is BPB:
+        note = ("Tuning bpb: final bits per byte on the tuning slice (held-out text at the end of the validation split, "
+                "disjoint from the reported validation slice), one trial per point at the first seed; * the chosen point. ")
+    else:
+        note = (f"Tuning {score.words}: final {score.words} at the answer positions of the task's tuning sequences (generated "
+                "from another seed than the reported test sequences), one trial per point at the first seed; * the chosen point "
+                "(the highest). ")
+    note += "A chosen value at the edge of its grid is flagged: a better one may lie outside."
     out["tuning_md"].write_text(f"# {title}\n\n{note}\n\n" + markdown_table(header, rows))
     for name, values in grid.fields:
-        out[f"png_tune_{name}"] = plot_field(name, values, choices, out_dir)
+        out[f"png_tune_{name}"] = plot_field(name, values, choices, out_dir, score)
     return out
 
 
-def plot_field(name: str, values: tuple[str, ...], choices: list[Choice], out_dir: Path) -> Path:
-    """Tuning bpb against ``name``'s value per entry (the best over the other tuned fields at each
-    value); the chosen point starred. A log axis for positive numbers spanning 10x or more."""
+def plot_field(name: str, values: tuple[str, ...], choices: list[Choice], out_dir: Path, score: Score = BPB) -> Path:
+    """Tuning score against ``name``'s value per entry (the best over the other tuned fields at
+    each value); the chosen point starred. A log axis for positive numbers spanning 10x or more."""
     nums = [_number(v) for v in values]
     numeric = all(n is not None for n in nums)
     xs = nums if numeric else list(range(len(values)))
@@ -164,7 +174,7 @@ def plot_field(name: str, values: tuple[str, ...], choices: list[Choice], out_di
         ys = []
         for v in values:
             got = [s for p, s in c.scores.items() if dict(p)[name] == v and s is not None]
-            ys.append(min(got) if got else math.nan)
+            ys.append((max(got) if score.higher_is_better else min(got)) if got else math.nan)
         if all(math.isnan(y) for y in ys):
             continue
         edge = " (edge)" if name in c.edge else ""
@@ -177,8 +187,8 @@ def plot_field(name: str, values: tuple[str, ...], choices: list[Choice], out_di
     if not numeric:
         ax.set_xticks(xs, values)
     ax.set_xlabel(name)
-    ax.set_ylabel("tuning bits per byte")
-    ax.set_title(f"tuning bpb against {name} (star: chosen; best over the other tuned fields)", fontsize=9)
+    ax.set_ylabel("tuning bits per byte" if score is BPB else f"tuning {score.words}")
+    ax.set_title(f"tuning {score.words} against {name} (star: chosen; best over the other tuned fields)", fontsize=9)
     ax.grid(alpha=0.3, which="both")
     legend_outside(ax)
     fig.tight_layout()

@@ -93,6 +93,7 @@ class Layout:
 class TrainLoader:
     def __init__(self, stream: TokenStream, seq_len: int, layout: Layout, seed: int, position: int = 0) -> None:
         self.stream, self.seq_len, self.layout, self.seed = stream, seq_len, layout, seed
+        self.what = stream.pattern  # the data, named in errors
         self.n_seqs = (len(stream) - 1) // seq_len
         if self.n_seqs < layout.global_batch:
             raise DataError(
@@ -108,14 +109,15 @@ class TrainLoader:
             self._perm, self._epoch = torch.randperm(self.n_seqs, generator=g), epoch
         return self._perm
 
-    def micro_batch(self, micro_step: int) -> torch.Tensor:
-        """(micro_batch, seq_len + 1) int64 tokens of this rank for ``micro_step`` of the current step."""
+    def indices(self, micro_step: int) -> list[int]:
+        """The sequences this rank reads for ``micro_step`` of the current step."""
         L = self.layout
         first = self.position + (micro_step * L.world + L.rank) * L.micro_batch
-        rows = []
-        for k in range(first, first + L.micro_batch):
-            idx = int(self._order(k // self.n_seqs)[k % self.n_seqs])
-            rows.append(self.stream.read(idx * self.seq_len, self.seq_len + 1))
+        return [int(self._order(k // self.n_seqs)[k % self.n_seqs]) for k in range(first, first + L.micro_batch)]
+
+    def micro_batch(self, micro_step: int) -> torch.Tensor:
+        """(micro_batch, seq_len + 1) int64 tokens of this rank for ``micro_step`` of the current step."""
+        rows = [self.stream.read(idx * self.seq_len, self.seq_len + 1) for idx in self.indices(micro_step)]
         return torch.from_numpy(np.stack(rows))
 
     def advance(self) -> None:
@@ -128,10 +130,50 @@ class TrainLoader:
     def load_state_dict(self, state: dict[str, int]) -> None:
         if state["n_seqs"] != self.n_seqs:
             raise DataError(
-                f"{self.stream.pattern}: the checkpoint was made on data of {state['n_seqs']} sequences, "
+                f"{self.what}: the checkpoint was made on data of {state['n_seqs']} sequences, "
                 f"this data has {self.n_seqs}; resume on the same data"
             )
         self.position = int(state["position"])
+
+
+def check_task_sequences(seqs, seq_len: int, vocab_size: int, where: str) -> None:
+    """Refuse a task split that is not what :class:`blagpt.TaskSequences` promises (shapes,
+    dtypes, ids within the vocabulary, an answer in every row), naming the task and split."""
+    tokens, mask = seqs.tokens, seqs.mask
+    n = tokens.shape[0] if getattr(tokens, "ndim", 0) == 2 else -1
+    if not (isinstance(tokens, torch.Tensor) and tokens.dtype == torch.int64 and tokens.ndim == 2 and tokens.shape[1] == seq_len + 1):
+        raise DataError(f"{where}: tokens must be an int64 tensor (N, train.seq_len + 1 = {seq_len + 1}), got "
+                        f"{getattr(tokens, 'dtype', type(tokens).__name__)} {tuple(getattr(tokens, 'shape', ()))}")
+    if not (isinstance(mask, torch.Tensor) and mask.dtype == torch.bool and tuple(mask.shape) == (n, seq_len)):
+        raise DataError(f"{where}: mask must be a bool tensor ({n}, {seq_len}), got {getattr(mask, 'dtype', type(mask).__name__)} "
+                        f"{tuple(getattr(mask, 'shape', ()))}")
+    if n == 0 or int(tokens.min()) < 0 or int(tokens.max()) >= vocab_size:
+        raise DataError(f"{where}: token ids must lie in 0..{vocab_size - 1} (the task's vocab_size) and N >= 1")
+    if not bool(mask.any(dim=1).all()):
+        raise DataError(f"{where}: a sequence has no answer position (its mask row is all False)")
+
+
+class TaskLoader(TrainLoader):
+    """The training loader over a generated task's sequences held in memory (``tokens`` (N, T+1),
+    ``mask`` (N, T)): the same seeded per-epoch order and one-integer state as :class:`TrainLoader`,
+    with each sequence a row instead of a stride of the stream."""
+
+    def __init__(self, tokens: torch.Tensor, mask: torch.Tensor, layout: Layout, seed: int, what: str, position: int = 0) -> None:
+        self.tokens, self.mask, self.layout, self.seed = tokens, mask, layout, seed
+        self.seq_len, self.n_seqs = tokens.shape[1] - 1, tokens.shape[0]
+        self.what = what
+        if self.n_seqs < layout.global_batch:
+            raise DataError(f"{what}: {self.n_seqs} training sequences, fewer than one global batch ({layout.global_batch}); "
+                            "generate more (the task's n_train) or use fewer sequences per step")
+        self.position = position
+        self._epoch, self._perm = -1, None
+
+    def micro_batch(self, micro_step: int) -> torch.Tensor:
+        return self.tokens[self.indices(micro_step)]
+
+    def micro_mask(self, micro_step: int) -> torch.Tensor:
+        """(micro_batch, seq_len) bool: the answer targets of :meth:`micro_batch`'s rows."""
+        return self.mask[self.indices(micro_step)]
 
 
 @dataclass

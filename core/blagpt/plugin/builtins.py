@@ -1,6 +1,8 @@
 """The core's own plugin, registered through the same hooks as any other (as pytest and llm do):
 the optimizer ``adamw``, the tokenizers ``gpt2``, ``bytes``, ``hf:PATH`` and ``tiktoken:PATH``,
-and the default ``compute_loss`` (next-token cross-entropy, ``trylast``).
+the tasks ``lm`` (language modelling on the run's data, the default) and ``mqar`` (multi-query
+associative recall, :mod:`blagpt.data.mqar`), and the default ``compute_loss`` (next-token
+cross-entropy, ``trylast``).
 """
 
 from __future__ import annotations
@@ -8,7 +10,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from .hookspecs import hookimpl
-from .specs import LossOutput, OptimizerConfig, OptimizerSpec, TokenizerSpec
+from .specs import LossOutput, OptimizerConfig, OptimizerSpec, TaskConfig, TaskSpec, TokenizerSpec
 
 
 class AdamWConfig(OptimizerConfig):
@@ -62,6 +64,27 @@ def register_tokenizers(register):
                            argument="PATH to a tokenizer.json"))
     register(TokenizerSpec("tiktoken", "a tiktoken ranks file (cl100k_base.tiktoken, ...)", BUILTIN_LOADERS["tiktoken"],
                            argument="PATH to a .tiktoken file"))
+
+
+class LMTaskConfig(TaskConfig):
+    """Language modelling on the run's ``data`` (the default task): no fields of its own."""
+
+    name: str = Field(default="lm", description="Registered task name.")
+
+
+def _mqar(config):
+    from ..data.mqar import MQAR
+
+    return MQAR(config)
+
+
+@hookimpl
+def register_tasks(register):
+    from ..data.mqar import MQARConfig
+
+    register(TaskSpec("lm", LMTaskConfig, "language modelling on the run's data (shards or the embedded corpus); val bpb"))
+    register(TaskSpec("mqar", MQARConfig, "multi-query associative recall (Zoology, arXiv 2312.04927); accuracy at the answers",
+                      build=_mqar))
 
 
 @hookimpl

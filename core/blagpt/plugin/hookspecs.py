@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         ModelSpec,
         OptimizerConfig,
         OptimizerSpec,
+        TaskSpec,
         TokenizerSpec,
     )
 
@@ -107,6 +108,30 @@ def register_tokenizers(register: Callable[["TokenizerSpec"], None]) -> None:
     """
 
 
+@hookspec
+def register_tasks(register: Callable[["TaskSpec"], None]) -> None:
+    """Register the tasks this plugin provides (a data source plus a metric, e.g. a recall probe).
+
+    :param register: call it once per task with a :class:`blagpt.TaskSpec` (name, pydantic config
+        class typing the run's ``task`` section, one-line description, ``build(config) ->
+        blagpt.Task``). Registering a name another plugin already registered is an error naming
+        both distributions.
+    :return: nothing (the return value is ignored).
+
+    Not firstresult: every plugin's implementation is called, each in isolation. Must be cheap:
+    ``build`` is called when a run needs the task, and generation happens in ``Task.sequences``.
+    A task's splits are deterministic for its config (which carries its own data seed), so every
+    model and training seed is scored on the same test sequences; the core ships ``lm`` (the
+    default) and ``mqar``.
+
+    Example::
+
+        @hookimpl
+        def register_tasks(register):
+            register(TaskSpec("copy", CopyConfig, "selective copying", build=lambda cfg: CopyTask(cfg)))
+    """
+
+
 @hookspec(firstresult=True)
 def build_model(name: str, config: "ModelConfig", ctx: "BuildContext") -> "torch.nn.Module | None":
     """Build the model registered as ``name``; return ``None`` for names this plugin does not own.
@@ -122,7 +147,10 @@ def build_model(name: str, config: "ModelConfig", ctx: "BuildContext") -> "torch
         (forward + backward FLOPs per trained token), used for MFU and iso-FLOP budgets, and
         incremental decoding: ``init_cache(batch_size)`` (an empty cache, or ``None`` when the config
         cannot decode incrementally) with ``forward(idx, cache=cache)`` continuing the cached tokens
-        and giving the logits the full forward would (``blagpt sample`` uses it; docs/plugins.md).
+        and giving the logits the full forward would (``blagpt sample`` uses it; docs/plugins.md),
+        and ``state_size_bytes(seq_len) -> int | None``: bytes of state one sequence carries at
+        inference after ``seq_len`` tokens (a recurrent state, a KV cache), which recall
+        benchmarks plot accuracy against (``blagpt bench --task mqar --sweep``).
 
     firstresult: the first non-``None`` result is used.
     """

@@ -21,12 +21,12 @@ import pluggy
 
 from . import hookspecs
 from ..errors import BlagptError
-from .specs import ModelSpec, OptimizerSpec, TokenizerSpec
+from .specs import ModelSpec, OptimizerSpec, TaskSpec, TokenizerSpec
 
 if TYPE_CHECKING:
     import torch
 
-    from .specs import Batch, BuildContext, LossOutput, ModelConfig, OptimizerConfig
+    from .specs import Batch, BuildContext, LossOutput, ModelConfig, OptimizerConfig, Task, TaskConfig
 
 GROUP = "blagpt"
 CORE_DIST = "blagpt"
@@ -47,6 +47,7 @@ class PluginInfo:
     models: list[str] = field(default_factory=list)
     optimizers: list[str] = field(default_factory=list)
     tokenizers: list[str] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=list)
     error: str | None = None
 
     @property
@@ -68,6 +69,7 @@ class Registry:
         self.models: dict[str, ModelSpec] = {}
         self.optimizers: dict[str, OptimizerSpec] = {}
         self.tokenizers: dict[str, TokenizerSpec] = {}
+        self.tasks: dict[str, TaskSpec] = {}
         self._loaded_tokenizers: dict[str, object] = {}
         self.owner: dict[tuple[str, str], PluginInfo] = {}  # (kind, name) -> plugin
         self.conflicts: dict[tuple[str, str], str] = {}  # (kind, name) -> message
@@ -131,11 +133,13 @@ class Registry:
         models: list[ModelSpec] = []
         optimizers: list[OptimizerSpec] = []
         tokenizers: list[TokenizerSpec] = []
+        tasks: list[TaskSpec] = []
         try:
             for hook, sink, kind in (
                 (self.pm.hook.register_models, models, ModelSpec),
                 (self.pm.hook.register_optimizers, optimizers, OptimizerSpec),
                 (self.pm.hook.register_tokenizers, tokenizers, TokenizerSpec),
+                (self.pm.hook.register_tasks, tasks, TaskSpec),
             ):
                 for impl in hook.get_hookimpls():
                     if impl.plugin_name == info.name:
@@ -145,7 +149,7 @@ class Registry:
             self.pm.unregister(name=info.name)
             return
         for kind, specs, table in (("model", models, self.models), ("optimizer", optimizers, self.optimizers),
-                                   ("tokenizer", tokenizers, self.tokenizers)):
+                                   ("tokenizer", tokenizers, self.tokenizers), ("task", tasks, self.tasks)):
             for spec in specs:
                 self._claim(kind, spec, table, info)
 
@@ -173,6 +177,20 @@ class Registry:
 
     def optimizer_spec(self, name: str) -> OptimizerSpec:
         return self._lookup("optimizer", name, self.optimizers)
+
+    def task_spec(self, name: str) -> TaskSpec:
+        return self._lookup("task", name, self.tasks)
+
+    def build_task(self, config: "TaskConfig") -> "Task":
+        """The :class:`blagpt.Task` of ``config`` (a task other than ``lm``), through its spec's ``build``."""
+        spec = self.task_spec(config.name)
+        if spec.build is None:
+            raise PluginError(f"task {config.name!r} reads the run's data; it has no generated sequences")
+        task = spec.build(config)
+        for attr in ("vocab_size", "sequences"):
+            if not hasattr(task, attr):
+                raise PluginError(f"task {config.name!r}: its build() returned {type(task).__name__}, which has no {attr!r} (expected a blagpt.Task)")
+        return task
 
     def tokenizer_spec(self, ref: str) -> TokenizerSpec:
         """The spec of tokenizer reference ``ref`` (``gpt2``, ``hf:PATH``); a reference whose

@@ -1,9 +1,11 @@
 """The value types that cross the plugin boundary.
 
 Plugins import these from ``blagpt`` (never from this module path): ``ModelSpec`` and
-``OptimizerSpec`` describe what a plugin offers without building anything; ``ModelConfig`` and
-``OptimizerConfig`` are the pydantic bases of every plugin's config; ``BuildContext``, ``Batch``
-and ``LossOutput`` are what the trainer passes to and receives from the hooks.
+``OptimizerSpec`` (and ``TaskSpec``, ``TokenizerSpec``) describe what a plugin offers without
+building anything; ``ModelConfig``, ``OptimizerConfig`` and ``TaskConfig`` are the pydantic bases
+of every plugin's config; ``BuildContext``, ``Batch`` and ``LossOutput`` are what the trainer
+passes to and receives from the hooks; a task's ``build`` returns a :class:`Task`, whose splits
+are :class:`TaskSequences`.
 """
 
 from __future__ import annotations
@@ -50,6 +52,79 @@ class OptimizerConfig(BaseModel):
     weight_decay: float = Field(
         default=0.1, ge=0, description="Decoupled weight decay for 2-D weight matrices."
     )
+
+
+class TaskConfig(BaseModel):
+    """Base of every task's config (the ``task`` section of a run).
+
+    The default task ``lm`` is language modelling on the run's ``data`` (shards or the embedded
+    corpus). Any other task generates its own sequences (see :class:`TaskSpec`); its config class
+    adds the task's fields (sizes, vocabulary, its data seed), each with a ``Field(description=...)``.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    name: str = Field(default="lm", description="Registered task name: `lm` (language modelling on `data`), `mqar`, a plugin's.")
+
+
+@dataclass
+class TaskSequences:
+    """One split of a task: ``tokens`` (N, T+1) int64 and ``mask`` (N, T) bool, True at the
+    targets (``tokens[:, 1:]``) that are answers: only those are trained on and scored."""
+
+    tokens: "torch.Tensor"
+    mask: "torch.Tensor"
+
+
+class Task:
+    """What a :class:`TaskSpec`'s ``build(config)`` returns: a vocabulary and its splits.
+
+    Subclasses set ``vocab_size`` (token ids are ``0 .. vocab_size - 1``) and implement
+    :meth:`sequences`. Every split must be a pure function of the task's config (its own seed
+    included), ``split`` and ``seq_len``: every model and every training seed then sees the
+    same ``test`` sequences.
+    """
+
+    vocab_size: int
+
+    def sequences(self, split: str, seq_len: int) -> TaskSequences:
+        """``split``: ``train`` (the training set), ``test`` (the reported evaluation) or ``tune``
+        (held out for choosing hyperparameters: generated from another seed than ``test``).
+        Each row holds ``seq_len + 1`` tokens and at least one answer. Raise ``ValueError`` with a
+        message naming the config field when the task does not fit ``seq_len``."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a task plugin registers (``register_tasks``): a data source plus a metric.
+
+    Attributes:
+        name: the task's name in ``task.name`` and ``--task``.
+        config: the pydantic config class (a ``TaskConfig`` subclass) typing the ``task`` section.
+        description: one line shown by ``blagpt list``.
+        build: ``build(config) -> Task``; called once per run (cheap: the splits are generated when
+            asked for). ``None`` only for the core's ``lm`` task, which reads the run's ``data``.
+
+    Under a task other than ``lm`` the model is built with the task's vocabulary, trained on the
+    masked mean of ``compute_loss``'s per-target ``nll`` over the answer positions (a plugin's
+    extra training objective does not apply), and evaluated on the task's fixed test split:
+    ``val/loss`` (nats per answer) and ``val/accuracy`` (argmax of the logits at answer
+    positions equals the answer).
+    """
+
+    name: str
+    config: type[TaskConfig]
+    description: str
+    build: Callable[[TaskConfig], Task] | None = None
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.config, type) and issubclass(self.config, TaskConfig)):
+            raise TypeError(f"TaskSpec {self.name!r}: config must subclass blagpt.TaskConfig")
+        if self.build is None and self.name != "lm":
+            raise ValueError(f"TaskSpec {self.name!r}: build is required (only the core's `lm` task has none)")
+        if self.build is not None and not callable(self.build):
+            raise TypeError(f"TaskSpec {self.name!r}: build must be callable")
 
 
 @dataclass(frozen=True)
@@ -173,9 +248,13 @@ class BuildContext:
 
 @dataclass
 class Batch:
-    """One micro-batch: ``tokens`` is (B, T+1) int64; inputs and targets are views of it."""
+    """One micro-batch: ``tokens`` is (B, T+1) int64; inputs and targets are views of it.
+
+    ``mask``: under a task other than ``lm``, the (B, T) bool mask of the answer targets (the
+    trainer takes the masked mean of ``LossOutput.nll`` itself); ``None`` for language modelling."""
 
     tokens: "torch.Tensor"
+    mask: "torch.Tensor | None" = None
 
     @property
     def inputs(self) -> "torch.Tensor":

@@ -1,4 +1,5 @@
-"""Validation: nats per token and bits per byte on the fixed validation slice (or the tuning slice).
+"""Validation: nats per token and bits per byte on the fixed validation slice (or the tuning slice);
+under a generated task, loss and accuracy at the answer positions of its fixed test sequences.
 
 Every model is scored on the same quantity, the next-token negative log-likelihood its
 ``compute_loss`` returns (``LossOutput.nll``), whatever its training objective. Bits per byte
@@ -67,3 +68,59 @@ class Evaluator:
             f"{p}/tokens": float(counts[0]),
             f"{p}/bytes": float(counts[1]),
         }
+
+
+def masked_mean(nll: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean of ``nll`` over the positions ``mask`` marks (a task's answers): the loss a task
+    run trains; positions outside the mask contribute nothing, not even to the count."""
+    m = mask.to(nll.dtype)
+    return (nll * m).sum() / m.sum().clamp(min=1.0)
+
+
+class TaskEvaluator:
+    """Scores a model on one rank's share of a task's fixed test (or tuning) sequences, at the
+    answer positions only: ``<prefix>/loss`` (mean nll per answer, from ``compute_loss``, in nats)
+    and ``<prefix>/accuracy`` (the share of answers where the argmax of ``forward``'s logits over
+    the task's vocabulary is the answer); the sums cross ranks."""
+
+    def __init__(self, tokens: torch.Tensor, mask: torch.Tensor, vocab_size: int, micro_batch: int, dist: Dist,
+                 autocast: AbstractContextManager, compute_loss, model_config, prefix: str = "val", lockstep: bool = False) -> None:
+        self.tokens, self.mask = tokens[dist.rank :: dist.world], mask[dist.rank :: dist.world]
+        self.vocab_size, self.micro_batch, self.dist = vocab_size, micro_batch, dist
+        self.autocast, self.compute_loss, self.model_config, self.prefix = autocast, compute_loss, model_config, prefix
+        self.lockstep = lockstep  # as Evaluator's: a sharded model's forward is a collective
+
+    def __call__(self, model: torch.nn.Module) -> dict[str, float]:
+        device = self.dist.device
+        sums = torch.zeros(3, dtype=torch.float64, device=device)  # nll, correct, answers
+        tokens, masks = self.tokens, self.mask
+        if self.lockstep:
+            n_batches = -(-len(tokens) // self.micro_batch)
+            most = int(self.dist.all_max(torch.tensor([n_batches], device=device)).item())
+            pad = (most - n_batches) * self.micro_batch
+            if pad:  # padding rows with no answers: forwards that count for nothing
+                tokens = torch.cat([tokens, torch.zeros(pad, tokens.shape[1], dtype=tokens.dtype)])
+                masks = torch.cat([masks, torch.zeros(pad, masks.shape[1], dtype=masks.dtype)])
+        model.eval()
+        try:
+            with torch.no_grad(), self.autocast:
+                for i in range(0, len(tokens), self.micro_batch):
+                    mask = masks[i : i + self.micro_batch].to(device)
+                    batch = Batch(tokens[i : i + self.micro_batch].to(device), mask=mask)
+                    out = self.compute_loss(model, batch, self.model_config)
+                    guess = model(batch.inputs)[..., : self.vocab_size].argmax(-1)
+                    sums[0] += out.nll.double()[mask].sum()
+                    sums[1] += (guess == batch.targets)[mask].sum()
+                    sums[2] += mask.sum()
+        finally:
+            model.train()
+        self.dist.all_sum(sums)
+        p = self.prefix
+        return {f"{p}/loss": float(sums[0] / sums[2]), f"{p}/accuracy": float(sums[1] / sums[2]), f"{p}/answers": float(sums[2])}
+
+
+def describe(evals: dict[str, float], prefix: str) -> str:
+    """One evaluation in words: loss and bpb (language modelling) or accuracy (a task)."""
+    if f"{prefix}/accuracy" in evals:
+        return f"{prefix} loss {evals[f'{prefix}/loss']:.4f} nats/answer | {prefix} accuracy {evals[f'{prefix}/accuracy']:.4f}"
+    return f"{prefix} loss {evals[f'{prefix}/loss']:.4f} nats/token | {prefix} bpb {evals[f'{prefix}/bpb']:.4f}"

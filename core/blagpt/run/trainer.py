@@ -30,7 +30,7 @@ from typing import Any, Iterator
 import torch
 
 from ..config import BUDGETS, RunConfig
-from ..data.loader import Layout, TokenStream, TrainLoader, check_token_ids, val_slice
+from ..data.loader import Layout, TaskLoader, TokenStream, TrainLoader, check_task_sequences, check_token_ids, val_slice
 from ..data import manifest
 from ..data.prepare import embedded_dataset
 from ..data.tokenizers import get_tokenizer
@@ -41,7 +41,7 @@ from . import checkpoint as ckpt
 from . import parallel
 from .distributed import Dist, device_peak_flops, peak_memory_mb, setup_distributed
 from .divergence import FiniteWatch, TrainingDiverged  # noqa: F401 - TrainingDiverged is raised from here
-from .evaluator import Evaluator
+from .evaluator import Evaluator, TaskEvaluator, describe, masked_mean
 from .progress import Progress
 from .resume import Resume
 from .rundir import RunDir
@@ -125,12 +125,16 @@ class Trainer:
         extra: dict[str, Any] = {}
         for micro in range(layout.accum):
             tokens = self.loader.micro_batch(micro)
+            mask = self.loader.micro_mask(micro) if self.cfg.on_task else None  # a task's answer positions
             if self.dist.device.type == "cuda":  # a copy from pageable memory would wait for the device
-                tokens = tokens.pin_memory()
-            batch = Batch(tokens.to(self.dist.device, non_blocking=True))
+                tokens, mask = tokens.pin_memory(), mask if mask is None else mask.pin_memory()
+            batch = Batch(tokens.to(self.dist.device, non_blocking=True),
+                          mask=None if mask is None else mask.to(self.dist.device, non_blocking=True))
             sync_grads = micro == layout.accum - 1 or self.dist.world == 1
             with parallel.gradient_sync(model, sync_grads), self.autocast:
                 out = self.registry.compute_loss(model, batch, self.cfg.model)
+                if batch.mask is not None:  # a task trains its answers only: the masked mean of the per-target nll
+                    out.loss = masked_mean(out.nll, batch.mask)
             (out.loss / layout.accum).backward()
             loss += out.loss.detach() / layout.accum
             for k, v in out.metrics.items():
@@ -171,7 +175,7 @@ class Trainer:
         row: dict[str, float] = self.train_row(stats) if log_now else {}
         if evals:
             p = self.cfg.train.eval_on
-            self.say(f"eval step {done} | {p} loss {evals[f'{p}/loss']:.4f} nats/token | {p} bpb {evals[f'{p}/bpb']:.4f}")
+            self.say(f"eval step {done} | {describe(evals, p)}")
         row.update(evals)
         if not row:
             return
@@ -227,6 +231,8 @@ class Trainer:
         """The tokenizer, both splits (checked against it: a manifest, else the id range), the
         loader and the validation slice."""
         cfg, d, t = self.cfg, self.dist, self.cfg.train
+        if cfg.on_task:
+            return self.build_task_data()
         self.tok_name = cfg.tokenizer_name(self.registry)
         self.tokenizer = get_tokenizer(self.tok_name, self.registry)
         if cfg.data.train is None:
@@ -247,6 +253,28 @@ class Trainer:
         self.val = val_slice(val_stream, t.seq_len, d.rank, d.world, self.tokenizer, t.eval_tokens, t.eval_bytes, t.eval_on)
         self.tokens_per_step = self.layout.global_batch * t.seq_len
 
+    def build_task_data(self) -> None:
+        """A generated task (``task.name`` other than ``lm``): its vocabulary, its training
+        sequences in memory (visited in the loader's seeded order) and the fixed test sequences,
+        or its tuning sequences under ``train.eval_on=tune``, that every evaluation scores."""
+        cfg, d, t = self.cfg, self.dist, self.cfg.train
+        task = self.registry.build_task(cfg.task)
+        self.tok_name = cfg.tokenizer_name(self.registry)
+        self.tokenizer = TaskVocabulary(self.tok_name, int(task.vocab_size))
+        held = "tune" if t.eval_on == "tune" else "test"
+        splits = {}
+        for split in ("train", held):
+            try:
+                splits[split] = task.sequences(split, t.seq_len)
+            except ValueError as e:  # the task does not fit this run (sequence length): the task says which field
+                raise ConfigError(str(e)) from None
+            check_task_sequences(splits[split], t.seq_len, self.tokenizer.vocab_size, f"task {cfg.task.name} ({split} split)")
+        self.layout = layout_for(cfg, d)
+        self.loader = TaskLoader(splits["train"].tokens, splits["train"].mask, self.layout, t.seed, f"task {cfg.task.name}")
+        self.val = splits[held]
+        self.datasets = [task_dataset(cfg, split, seqs, self.tokenizer.vocab_size) for split, seqs in splits.items()]
+        self.tokens_per_step = self.layout.global_batch * t.seq_len
+
     def build_model_and_optimizer(self) -> None:
         """The model (seeded, so every rank builds the same weights), its budget (a FLOP budget needs
         the built model's FLOPs per token) and the optimizer."""
@@ -257,6 +285,7 @@ class Trainer:
         torch.manual_seed(t.seed)
         self.model = self.registry.build_model(self.cfg.model, ctx).to(d.device)
         self.flops_per_token = self.model.flops_per_token(t.seq_len) if hasattr(self.model, "flops_per_token") else None
+        self.state_size_bytes = self.model.state_size_bytes(t.seq_len) if hasattr(self.model, "state_size_bytes") else None
         self.budget: Budget = budget or budget_for(t, self.tokens_per_step, self.flops_per_token)
         self.n_params = sum(p.numel() for p in self.model.parameters())
         self.n_params_non_embedding = self.n_params - embedding_params(self.model, self.tokenizer.vocab_size, t.seq_len)
@@ -351,9 +380,15 @@ class Trainer:
             self.train_model, self.eval_model = torch.compile(self.train_model), torch.compile(self.model)
         self.bf16 = t.precision == "bf16" or (t.precision == "auto" and d.device.type == "cuda")
         self.autocast = torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=self.bf16)
-        self.evaluator = Evaluator(self.val, self.tokenizer.token_bytes, self.layout.micro_batch, t.seq_len, d,
-                                   self.autocast, self.registry.compute_loss, self.cfg.model, prefix=t.eval_on,
-                                   lockstep=parallel.is_sharded(self.model))
+        lockstep = parallel.is_sharded(self.model)
+        if self.cfg.on_task:
+            self.evaluator = TaskEvaluator(self.val.tokens, self.val.mask, self.tokenizer.vocab_size, self.layout.micro_batch, d,
+                                           self.autocast, self.registry.compute_loss, self.cfg.model, prefix=t.eval_on,
+                                           lockstep=lockstep)
+        else:
+            self.evaluator = Evaluator(self.val, self.tokenizer.token_bytes, self.layout.micro_batch, t.seq_len, d,
+                                       self.autocast, self.registry.compute_loss, self.cfg.model, prefix=t.eval_on,
+                                       lockstep=lockstep)
         self.finite = FiniteWatch(d)
         self.window = (0.0, 0, 0)  # seconds, tokens, steps since the last logged throughput
         self.peak_flops = device_peak_flops(d.device, self.bf16, t.peak_flops)
@@ -369,7 +404,8 @@ class Trainer:
             params = {**cfg.flat(), "n_params": self.n_params, "n_params_non_embedding": self.n_params_non_embedding, "world_size": d.world, "grad_accum": self.layout.accum,
                       "total_steps": self.budget.steps if self.budget.steps is not None else "time budget",
                       "tokenizer": self.tok_name, "tokens_per_step": self.tokens_per_step,
-                      "flops_per_token": self.flops_per_token if self.flops_per_token is not None else "not reported"}
+                      "flops_per_token": self.flops_per_token if self.flops_per_token is not None else "not reported",
+                      "state_size_bytes": self.state_size_bytes}
         shape = f"{self.budget.describe()} x {self.layout.global_batch} seqs x {t.seq_len} tokens"
         if self.recorder is not None:
             self.recorder.start(self.step, self.result.resumed_from, self.budget, params, self.registry, self.datasets,
@@ -478,6 +514,27 @@ def embedding_params(model: torch.nn.Module, vocab_size: int, seq_len: int = 8) 
         for p in m.parameters(recurse=False):
             seen[id(p)] = p.numel()
     return sum(seen.values())
+
+
+@dataclass(frozen=True)
+class TaskVocabulary:
+    """What a task run knows of its vocabulary (no tokenizer: the task generates token ids)."""
+
+    name: str
+    vocab_size: int
+
+
+def task_dataset(cfg: RunConfig, split: str, seqs, vocab_size: int) -> dict[str, Any]:
+    """A task split as an MLflow dataset input: its digest is the task's config and sequence
+    length, which determine the sequences."""
+    import hashlib
+    import json
+
+    what = json.dumps({"task": cfg.task.model_dump(mode="json"), "seq_len": cfg.train.seq_len, "split": split}, sort_keys=True)
+    context = "training" if split == "train" else "validation"
+    return {"name": f"task-{cfg.task.name}/{split}", "digest": hashlib.sha256(what.encode()).hexdigest()[:32],
+            "source": f"blagpt task {cfg.task.name} ({split} split, generated)", "context": context,
+            "profile": {"sequences": int(seqs.tokens.shape[0]), "answers": int(seqs.mask.sum()), "vocab_size": vocab_size}}
 
 
 def global_batch(cfg: RunConfig, world: int) -> int:

@@ -606,6 +606,13 @@ class BlaGPT(nn.Module):
         w = self.cfg.mtp_weights or [1.0] * len(means)
         return sum(wi / sum(w) * m for wi, m in zip(w, means)), tuple(nlls)
 
+    def state_size_bytes(self, seq_len: int) -> int:
+        """Bytes of the decoding cache one sequence fills after ``seq_len`` tokens: keys and values
+        of every block (``n_kv_heads`` x ``head_dim`` per position, fewer with grouped-query
+        attention), in the weights' dtype. Grows with the sequence, unlike a recurrent state."""
+        cfg = self.cfg
+        return 2 * len(self.blocks) * seq_len * cfg.kv_heads * cfg.head_dim * self.wte.weight.element_size()
+
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token: 6 x (matmul weights used per token) + 12 L T d for attention.
 

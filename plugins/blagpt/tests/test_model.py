@@ -391,3 +391,12 @@ def test_cached_decoding_equals_the_full_forward_with_each_technique(name):
         model(idx, cache=cache)
         with pytest.raises(ValueError, match=f"sequence length {SEQ + 1} exceeds max_seq_len {SEQ}"):
             model(idx[:, :1], cache=cache)
+
+
+def test_state_size_bytes_is_the_filled_decoding_cache():
+    model = build("gpt2+tiny", n_kv_heads=2).eval()
+    cache = model.init_cache(1)
+    with torch.no_grad():
+        model(torch.zeros(1, SEQ, dtype=torch.long), cache=cache)
+    filled = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.k, layer.v))
+    assert model.state_size_bytes(SEQ) == filled and model.state_size_bytes(2 * SEQ) == 2 * filled

@@ -364,6 +364,13 @@ class RWKV7(nn.Module):
         lora = ("A_", "B_", "shift_A", "shift_B")
         return {n for n, _ in self.named_parameters() if n.rsplit(".", 1)[-1].startswith(lora)}
 
+    def state_size_bytes(self, seq_len: int) -> int:
+        """Bytes of recurrent state one sequence carries at inference, whatever ``seq_len``: per
+        layer the wkv matrix of every head (H x N x N) and the two token-shift vectors (the last
+        input of time mixing and of channel mixing, C each), counted in fp32."""
+        C, N = self.cfg.d_model, self.cfg.head_size
+        return 4 * self.cfg.n_layers * ((C // N) * N * N + 2 * C)
+
     def flops_per_token(self, seq_len: int) -> float:
         """Forward + backward FLOPs per token (estimate).
 

@@ -243,3 +243,13 @@ def test_low_rank_factors_take_no_weight_decay():
     assert decayed_names and all(n.endswith(".weight") for n in decayed_names)
     assert any(n.endswith("A_w") for n in model.no_weight_decay())
     assert any(n.endswith("shift_B") for n in model.no_weight_decay())
+
+
+def test_state_size_bytes_is_the_recurrent_state():
+    from blagpt_plugin_rwkv7.model import RWKV7, RWKV7Config
+
+    model = RWKV7(RWKV7Config(**PRESETS["tiny"]), 257, 64).eval()
+    with torch.no_grad():
+        _, state = model.forward_with_state(torch.zeros(1, 16, dtype=torch.long))
+    tensors = [t for layer in state for t in layer if torch.is_tensor(t)]
+    assert model.state_size_bytes(16) == sum(t.numel() * 4 for t in tensors) == model.state_size_bytes(64)

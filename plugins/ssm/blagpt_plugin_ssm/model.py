@@ -74,6 +74,12 @@ class Mamba2LM(nn.Module):
             x = layer(x, cache[i] if cache is not None else None)
         return self.head(self.norm_f(x))
 
+    def state_size_bytes(self, seq_len: int) -> int:
+        """Bytes of recurrent state one sequence carries at inference, whatever ``seq_len``: every
+        layer's convolution inputs (``d_conv - 1`` x conv width) and fp32 SSM state (heads x
+        head_dim x d_state), measured on the state decoding starts from."""
+        return sum(t.numel() * t.element_size() for s in self.init_cache(1) for t in (s.conv, s.ssm))
+
     def flops_per_token(self, seq_len: int) -> float:
         """6 x (weights used in matmuls, head included) + the chunked SSD's own FLOPs."""
         n = sum(p.numel() for name, p in self.named_parameters() if p.dim() >= 2 and "conv1d" not in name)

@@ -76,3 +76,14 @@ def test_fused_kernel_refused_off_cuda(registry):
 
 def test_flops_per_token(registry):
     testing.check_flops_per_token(build(registry), MAX_T)
+
+
+def test_state_size_bytes_does_not_grow_with_the_sequence():
+    from blagpt_plugin_ssm.config import Mamba2Config
+    from blagpt_plugin_ssm.model import Mamba2LM
+
+    cfg = Mamba2Config(d_model=32, n_layers=2, d_state=16, head_dim=16)
+    model = Mamba2LM(cfg, 257, 64)
+    conv = 2 * (4 - 1) * (2 * 32 + 2 * 1 * 16) * 4  # layers x (d_conv - 1) x (d_inner + 2 groups d_state) x fp32
+    ssm = 2 * (2 * 32 // 16) * 16 * 16 * 4  # layers x heads x head_dim x d_state x fp32
+    assert model.state_size_bytes(16) == model.state_size_bytes(64) == conv + ssm

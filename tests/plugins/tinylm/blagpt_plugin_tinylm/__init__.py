@@ -134,6 +134,11 @@ class TinyLM(nn.Module):
         while not done.exists():  # signals (Ctrl-C, SIGTERM) are handled while it waits
             time.sleep(0.05)
 
+    def state_size_bytes(self, seq_len: int) -> int:
+        """The decoding cache after ``seq_len`` tokens: keys and values of every block, in the
+        parameters' dtype."""
+        return 2 * self.cfg.n_layers * seq_len * self.cfg.d_model * self.head.weight.element_size()
+
     def flops_per_token(self, seq_len: int) -> float:
         """6 N (matmul weights, forward + backward) + 12 L T d (attention scores and values)."""
         n = sum(p.numel() for n_, p in self.named_parameters() if not n_.startswith(("wte", "wpe")))

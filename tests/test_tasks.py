@@ -190,6 +190,9 @@ def test_a_task_registered_by_a_plugin_trains_end_to_end(workdir):
     meta = json.loads((workdir / "runs" / "copy" / "run.json").read_text())
     assert meta["params"]["task.name"] == "copyfirst" and meta["params"]["tokenizer"] == "task:copyfirst"
     assert [d["name"] for d in meta["inputs"]] == ["task-copyfirst/train", "task-copyfirst/test"]
+    for cmd in (["sample", "--run", "copy"], ["export", "--run", "copy", "--out", "x"]):  # no text to sample or export
+        refused = run_cli(cmd, env=env, plugins=plugins)
+        assert refused.returncode == 1 and "trained on task 'copyfirst', not on text" in refused.stderr, refused.stderr
 
 
 def test_task_runs_refuse_shard_data(workdir):

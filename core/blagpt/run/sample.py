@@ -91,6 +91,9 @@ def load_run(
         cfg = resolve(state["config"], registry)
     except ConfigError as e:
         raise BlagptError(f"{option} {ref}: {path}: its saved config does not resolve with the installed plugins: {e}") from None
+    if cfg.on_task:  # its vocabulary is the task's token ids, not text: nothing to sample, score as text or export
+        raise BlagptError(f"{option} {ref}: {run_dir} trained on task {cfg.task.name!r}, not on text; sample, eval and export take "
+                          "language-modelling runs")
     tok_name = cfg.tokenizer_name(registry)
     tokenizer = get_tokenizer(tok_name, registry)
     ctx = BuildContext(tokenizer.vocab_size, cfg.train.seq_len, tok_name, compile=False, device=str(dev))

@@ -51,6 +51,14 @@ def test_every_entry_is_tuned_alike_on_the_tuning_slice_and_trained_at_its_best(
     assert (bench / "tuning.md").exists() and (bench / "tune_optimizer.lr.png").stat().st_size > 10_000
     assert "tuned tinylm: optimizer.lr=" in proc.stdout
 
+    # the parent run holds each entry's choice (an entry label is no valid MLflow key: made one)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    (parent,) = client.search_runs([client.get_experiment_by_name("blagpt").experiment_id], "attributes.run_name = 'tb'")
+    assert parent.data.params["tuned/tinylm_wide"] == table["tinylm@wide"]["tuned"]
+    assert "val_bpb_mean/tinylm_wide" in parent.data.metrics and "warning" not in proc.stdout
+
     # MLflow holds the trials nested under the parent; compare leaves them out and rebuilds the table
     cmp = run_cli(["compare", "tb", "--tracking-uri", uri, "--out", "cmp"], cwd=workdir, check=0)
     assert "4 tuning trial run(s) left out" in cmp.stdout and "2 run(s) from" in cmp.stdout

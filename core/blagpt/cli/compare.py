@@ -403,7 +403,9 @@ def entry_metrics(stats) -> dict[str, float]:
 
 def _key(label: str) -> str:
     """An MLflow metric-key-safe form of an entry label."""
-    return "".join(c if c.isalnum() or c in "_-. /" else "_" for c in label)
+    from ..run.tracking import mlflow_key
+
+    return mlflow_key(label)
 
 
 def _exit_if(interrupted: bool, data=()) -> None:

@@ -282,6 +282,12 @@ def _version(path: Path) -> str | None:
     return f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}"
 
 
+def mlflow_key(name: str) -> str:
+    """``name`` with every character MLflow refuses in a param or metric key (it allows letters,
+    digits, ``_ - . / :`` and spaces) replaced by ``_``: an entry label such as ``blagpt@gpt2+tiny``."""
+    return "".join(c if c.isalnum() or c in "_-. /:" else "_" for c in name)
+
+
 def upload(client, run: RunDir, tracker: "Tracker | None" = None) -> None:
     """Send to MLflow whatever of the folder it does not have yet (params, tags, metrics, artifacts;
     an artifact file replaced since it was sent is sent again)."""
@@ -289,7 +295,7 @@ def upload(client, run: RunDir, tracker: "Tracker | None" = None) -> None:
 
     meta = run.meta
     run_id = meta["mlflow_run_id"]
-    params = {k: _param_text(v) for k, v in meta.get("params", {}).items()}
+    params = {mlflow_key(k): _param_text(v) for k, v in meta.get("params", {}).items()}
     sent_params = meta.get("params_synced", {})
     sent_params = sent_params if isinstance(sent_params, dict) else dict.fromkeys(sent_params, None)
     todo = [Param(k, v) for k, v in params.items() if k not in sent_params]

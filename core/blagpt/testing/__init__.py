@@ -32,6 +32,7 @@ from .model_checks import (
     check_causal,
     check_gradients_reach_every_parameter,
     check_loss_at_init,
+    non_embedding_params,
 )
 from .optimizer_checks import check_param_groups
 from .run_checks import (
@@ -146,6 +147,7 @@ def parametrize_with_checks(
 
 
 __all__ = [
+    "non_embedding_params",
     "MODEL_CHECKS",
     "OPTIMIZER_CHECKS",
     "TOKENIZER_CHECKS",

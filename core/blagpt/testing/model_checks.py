@@ -45,6 +45,15 @@ def tokens(vocab: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
     return torch.randint(vocab, shape, generator=torch.Generator().manual_seed(seed))
 
 
+def non_embedding_params(target) -> int:
+    """The parameters of the target's model without embedding tables and output head, counted as
+    a run counts them (its ``n_params_non_embedding``): for tests that hold a preset to a size."""
+    from ..run.trainer import embedding_params
+
+    model, r = build(target)
+    return sum(p.numel() for p in model.parameters()) - embedding_params(model, r.ctx.vocab_size, r.ctx.max_seq_len)
+
+
 def check_builds_on_cpu(target) -> None:
     """The target's config builds through the ``build_model`` hook as an ``nn.Module`` on the CPU
     in fp32; forward on (2, T) ids gives finite (2, T, V) logits with V >= vocab, for T =

@@ -11,7 +11,6 @@ arXiv 2312.04927) compares recall across architectures.
 
 from __future__ import annotations
 
-import math
 import re
 import statistics
 from dataclasses import dataclass, replace
@@ -20,7 +19,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from .leaderboard import EntryStats, Score, ci_half_width, legend_outside, markdown_table, new_figure
 from .plan import Entry
-from .tune import BUDGET_FIELDS
+from .tune import BUDGET_FIELDS, as_number
 
 
 @dataclass(frozen=True)
@@ -54,14 +53,6 @@ class Sweep:
                 out.append(cell)
                 where[cell.label] = (e.label, v)
         return out, where
-
-
-def _number(v: str) -> float | None:
-    try:
-        x = float(v)
-    except ValueError:
-        return None
-    return x if math.isfinite(x) else None
 
 
 def _by_entry(stats: list[EntryStats], where: dict[str, tuple[str, str]]) -> dict[str, dict[str, EntryStats]]:
@@ -128,7 +119,7 @@ def _points(cells: dict[str, EntryStats], values: tuple[str, ...], x_of) -> tupl
 def plot_against_value(stats, sweep: Sweep, where, order, out_dir: Path, score: Score) -> Path:
     """The score against the swept value, one line per entry, error bars the 95% CI; a log-2 axis
     for positive numbers spanning 4x or more."""
-    nums = [_number(v) for v in sweep.values]
+    nums = [as_number(v) for v in sweep.values]
     numeric = all(n is not None for n in nums)
     pos = {v: (nums[i] if numeric else float(i)) for i, v in enumerate(sweep.values)}
     grid = _by_entry(stats, where)

@@ -73,7 +73,8 @@ def point_label(point: Point) -> str:
     return " ".join(f"{k}={v}" for k, v in point)
 
 
-def _number(v: str) -> float | None:
+def as_number(v: str) -> float | None:
+    """A grid value as a finite number, or None when it is not one (a name, a flag)."""
     try:
         x = float(v)
     except ValueError:
@@ -113,9 +114,9 @@ def choose(label: str, grid: Grid, trials: dict[Point, RunData], score: Score = 
     _, _, c.best = min(done)
     values = dict(grid.fields)
     for name, chosen in c.best:
-        nums = [_number(v) for v in values[name]]
+        nums = [as_number(v) for v in values[name]]
         if len(values[name]) >= 2 and all(n is not None for n in nums):
-            x = _number(chosen)
+            x = as_number(chosen)
             if x in (min(nums), max(nums)):
                 c.edge.append(name)
     return c
@@ -166,7 +167,7 @@ def write_tuning(grid: Grid, choices: list[Choice], out_dir: Path, title: str, s
 def plot_field(name: str, values: tuple[str, ...], choices: list[Choice], out_dir: Path, score: Score = BPB) -> Path:
     """Tuning score against ``name``'s value per entry (the best over the other tuned fields at
     each value); the chosen point starred. A log axis for positive numbers spanning 10x or more."""
-    nums = [_number(v) for v in values]
+    nums = [as_number(v) for v in values]
     numeric = all(n is not None for n in nums)
     xs = nums if numeric else list(range(len(values)))
     plt, fig, ax = new_figure()

@@ -78,6 +78,13 @@ def test_bench_table_equals_what_mlflow_recorded_and_compare_rebuilds_it(workdir
     for name in ("bpb_vs_tokens.png", "bpb_vs_time.png"):
         img = matplotlib.image.imread(bench_dir / name)
         assert img.shape[0] > 200 and img.shape[1] > 300 and img[..., :3].std() > 0.05
+    # the parent run holds each entry's figures, not only its mean (MLflow keys: '@' made '_')
+    pm = client.get_run(parent.info.run_id).data.metrics
+    for entry, key in (("tinylm", "tinylm"), ("tinylm@wide", "tinylm_wide")):
+        assert pm[f"val_bpb_mean/{key}"] == float(table[entry]["val_bpb_mean"])
+        assert pm[f"val_bpb_sd/{key}"] == float(table[entry]["val_bpb_std"])
+        assert pm[f"val_bpb_ci95_lo/{key}"] == float(table[entry]["val_bpb_ci95_lo"])
+    assert pm["p/tinylm_wide"] == float(table["tinylm@wide"]["p_value"]) and "p_holm/tinylm_wide" in pm
     logged = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"leaderboard.md", "leaderboard.csv", "bpb_vs_tokens.png", "bpb_vs_time.png"} <= logged
 

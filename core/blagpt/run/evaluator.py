@@ -15,7 +15,7 @@ from contextlib import AbstractContextManager
 import torch
 
 from ..data.loader import ValSlice
-from ..plugin.specs import Batch
+from ..plugin.specs import Batch, LossOutput
 from .distributed import Dist
 
 
@@ -75,6 +75,16 @@ def masked_mean(nll: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     run trains; positions outside the mask contribute nothing, not even to the count."""
     m = mask.to(nll.dtype)
     return (nll * m).sum() / m.sum().clamp(min=1.0)
+
+
+def task_loss(model: torch.nn.Module, batch: Batch, vocab_size: int) -> LossOutput:
+    """What a task run trains: the masked mean (:func:`masked_mean`) of the next-token
+    cross-entropy of the model's own logits at the answer positions. From ``forward``, not the
+    plugin's ``compute_loss``, whose ``nll`` may be detached (it is documented as the validation
+    quantity) and whose extra objectives do not apply to a task."""
+    logits = model(batch.inputs)[..., :vocab_size].float()
+    nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), reduction="none").view_as(batch.targets)
+    return LossOutput(loss=masked_mean(nll, batch.mask), nll=nll.detach(), metrics={})
 
 
 class TaskEvaluator:

@@ -41,7 +41,7 @@ from . import checkpoint as ckpt
 from . import parallel
 from .distributed import Dist, device_peak_flops, peak_memory_mb, setup_distributed
 from .divergence import FiniteWatch, TrainingDiverged  # noqa: F401 - TrainingDiverged is raised from here
-from .evaluator import Evaluator, TaskEvaluator, describe, masked_mean
+from .evaluator import Evaluator, TaskEvaluator, describe, task_loss
 from .progress import Progress
 from .resume import Resume
 from .rundir import RunDir
@@ -132,9 +132,10 @@ class Trainer:
                           mask=None if mask is None else mask.to(self.dist.device, non_blocking=True))
             sync_grads = micro == layout.accum - 1 or self.dist.world == 1
             with parallel.gradient_sync(model, sync_grads), self.autocast:
-                out = self.registry.compute_loss(model, batch, self.cfg.model)
-                if batch.mask is not None:  # a task trains its answers only: the masked mean of the per-target nll
-                    out.loss = masked_mean(out.nll, batch.mask)
+                if batch.mask is None:
+                    out = self.registry.compute_loss(model, batch, self.cfg.model)
+                else:  # a task trains its answers only: the masked next-token cross-entropy of the logits
+                    out = task_loss(model, batch, self.tokenizer.vocab_size)
             (out.loss / layout.accum).backward()
             loss += out.loss.detach() / layout.accum
             for k, v in out.metrics.items():

@@ -456,6 +456,16 @@ def legend_outside(ax) -> None:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
 
 
+def save_figure(plt, fig, ax, path: Path) -> Path:
+    """Grid, the legend outside (:func:`legend_outside`), tight layout; written to ``path`` and closed."""
+    ax.grid(alpha=0.3, which="both")
+    legend_outside(ax)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_curves(entries: list[EntryStats], out_dir: Path, budget: str = "") -> dict[str, Path]:
     """Val bpb (or a task's val accuracy) against training tokens, FLOPs (when the models report
     them) and wall time: one line per entry (mean over seeds) with a band of one standard
@@ -482,13 +492,7 @@ def plot_curves(entries: list[EntryStats], out_dir: Path, budget: str = "") -> d
         ax.set_xlabel(xlabel + (" (log scale)" if log_x else ""))
         ax.set_ylabel(what)
         ax.set_title(f"val {score.words} against {xlabel}" + (f", budget {budget}" if budget else "") + " (mean ± 1 sd over seeds)", fontsize=9)
-        ax.grid(alpha=0.3, which="both")
-        legend_outside(ax)
-        fig.tight_layout()
-        path = out_dir / f"{score.key}_vs_{key}.png"
-        fig.savefig(path)
-        plt.close(fig)
-        out[f"png_{key}"] = path
+        out[f"png_{key}"] = save_figure(plt, fig, ax, out_dir / f"{score.key}_vs_{key}.png")
     return out
 
 

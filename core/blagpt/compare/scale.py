@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
-from .leaderboard import RunData, legend_outside, markdown_table, new_figure, text_table
+from .leaderboard import RunData, markdown_table, new_figure, save_figure, text_table
 from .plan import Entry, parse_budget
 
 BOOTSTRAP = 1000
@@ -374,13 +374,7 @@ def plot_scale(scales: list[ModelScale], out_dir: Path, budgets: str) -> Path:
     ax.set_xlabel("training FLOPs (log scale)")
     ax.set_ylabel("val bits per byte (log scale)")
     ax.set_title(f"compute-optimal frontier per model, budgets {budgets}", fontsize=9)
-    ax.grid(alpha=0.3, which="both")
-    legend_outside(ax)
-    fig.tight_layout()
-    path = out_dir / "scale.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, ax, out_dir / "scale.png")
 
 
 def terminal_report(scales: list[ModelScale]) -> str:

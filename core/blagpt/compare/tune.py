@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .leaderboard import BPB, RunData, Score, legend_outside, markdown_table, new_figure
+from .leaderboard import BPB, RunData, Score, markdown_table, new_figure, save_figure
 
 Point = tuple[tuple[str, str], ...]  # ((field, value as given), ...)
 
@@ -190,13 +190,7 @@ def plot_field(name: str, values: tuple[str, ...], choices: list[Choice], out_di
     ax.set_xlabel(name)
     ax.set_ylabel("tuning bits per byte" if score is BPB else f"tuning {score.words}")
     ax.set_title(f"tuning {score.words} against {name} (star: chosen; best over the other tuned fields)", fontsize=9)
-    ax.grid(alpha=0.3, which="both")
-    legend_outside(ax)
-    fig.tight_layout()
-    path = out_dir / f"tune_{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, ax, out_dir / f"tune_{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.png")
 
 
 def choices_params(choices: list[Choice]) -> dict[str, Any]:
